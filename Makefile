@@ -1,0 +1,36 @@
+# edgexfer: the commands the README gives. `make demo` and `make test` set up on their own.
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= dev,openvino
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.edgexfer-installed
+
+.PHONY: setup test test-fast demo bench lint clean
+
+setup: $(STAMP)
+
+# A venv with the project installed editable. On a Jetson, TensorRT lives in the system Python:
+#   make setup VENV_FLAGS=--system-site-packages EXTRAS=dev
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -rs
+
+test-fast: setup
+	$(PY) -m pytest -q -rs -m "not slow"
+
+demo: setup
+	$(VENV)/bin/edgexfer demo --out runs/demo
+
+bench: setup
+	$(VENV)/bin/edgexfer bench
+
+lint: setup
+	$(VENV)/bin/ruff check edgexfer tests benchmarks scripts
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

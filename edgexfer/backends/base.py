@@ -1,0 +1,135 @@
+"""The Backend / Runner interface every runtime implements, and the registry of backends.
+
+A :class:`Backend` says whether it can run here (and why not), builds an artifact from an ONNX file
+for a precision, and loads an artifact into a :class:`Runner`. A runner is a context manager with
+``infer(batch) -> logits``. Stages talk to runners only: no ``if backend == "tensorrt"`` outside this
+package. Optional runtimes (tensorrt, openvino) are imported inside their backend's methods.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from edgexfer.errors import BackendUnavailableError, ConfigError
+
+# name -> "module:Class"; modules are imported only when the backend is asked for.
+BACKENDS: Dict[str, str] = {
+    "torch": "edgexfer.backends.torch:TorchBackend",
+    "onnxruntime": "edgexfer.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "edgexfer.backends.openvino:OpenVinoBackend",
+    "tensorrt": "edgexfer.backends.tensorrt:TensorRTBackend",
+}
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class BuildResult:
+    """What :meth:`Backend.build` wrote: the artifact file, its kind and facts worth recording."""
+
+    path: Path
+    kind: str
+    precision: str
+    backend: str
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+class Runner(abc.ABC):
+    """A loaded model. Use as a context manager; call :meth:`infer` inside it.
+
+    ``input_dtype`` is ``np.float32`` for normalised NCHW input or ``np.uint8`` for ``--uint8-input``
+    models (layout in ``input_layout``). ``infer`` takes a batch and returns float32 logits
+    ``(batch, num_classes)``.
+    """
+
+    name: str = "runner"
+    input_name: str = "input"
+    input_dtype: Any = np.float32
+    input_layout: str = "NCHW"
+
+    def __enter__(self) -> "Runner":
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deactivate()
+
+    def activate(self) -> None:
+        """Acquire resources (sessions, device buffers). Default: nothing."""
+
+    def deactivate(self) -> None:
+        """Release resources. Default: nothing."""
+
+    @abc.abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch; return float32 logits of shape (batch, num_classes)."""
+
+    def describe(self) -> Dict[str, Any]:
+        """Facts about the loaded model for reports (provider, threads, device...)."""
+        return {"runner": self.name, "input_dtype": np.dtype(self.input_dtype).name,
+                "input_layout": self.input_layout}
+
+
+class Backend(abc.ABC):
+    """A runtime that can build and load artifacts."""
+
+    name: str = "backend"
+    precisions: Tuple[str, ...] = ("fp32",)
+
+    @abc.abstractmethod
+    def availability(self) -> Tuple[bool, str]:
+        """(usable here, reason when not / short description when yes). Must not raise."""
+
+    def require_available(self) -> None:
+        """Raise BackendUnavailableError with the reason when this backend cannot run here."""
+        ok, reason = self.availability()
+        if not ok:
+            raise BackendUnavailableError(f"backend '{self.name}' is not usable here: {reason}")
+
+    def check_precision(self, precision: str) -> None:
+        """Raise ConfigError when this backend cannot build ``precision``."""
+        if precision not in self.precisions:
+            raise ConfigError(f"backend '{self.name}' cannot build precision '{precision}'; it supports "
+                              f"{', '.join(self.precisions)}")
+
+    @abc.abstractmethod
+    def build(self, onnx_path: Path, precision: str, out_dir: Path,
+              options: Optional[Dict[str, Any]] = None) -> BuildResult:
+        """Build an artifact from an ONNX file (float, or the matching INT8 QDQ one for int8)."""
+
+    @abc.abstractmethod
+    def load(self, artifact_path: Path, options: Optional[Dict[str, Any]] = None) -> Runner:
+        """Load a built artifact into a runner (not yet activated)."""
+
+
+def get_backend(name: str) -> Backend:
+    """Instantiate a backend by name; unknown names list the known ones with their availability."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend '{name}'; choose one of: {_describe_all()}")
+    module_name, class_name = BACKENDS[name].split(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)()
+
+
+def available_backends(names: Optional[Sequence[str]] = None) -> List[Tuple[str, bool, str]]:
+    """(name, usable, reason) for every registered backend (or those named)."""
+    rows = []
+    for name in names or BACKENDS:
+        try:
+            ok, reason = get_backend(name).availability()
+        except ImportError as exc:
+            ok, reason = False, f"cannot import: {exc}"
+        rows.append((name, ok, reason))
+    return rows
+
+
+def _describe_all() -> str:
+    parts = []
+    for name, ok, reason in available_backends():
+        parts.append(name if ok else f"{name} (unavailable: {reason})")
+    return "; ".join(parts)

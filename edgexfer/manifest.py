@@ -1,0 +1,281 @@
+"""The run directory's ``manifest.json``: the contract between stages.
+
+Every artifact a stage writes is recorded with its path (relative to the run directory), kind,
+sha256, the stage and config that made it, the hashes of the artifacts it was made from
+(``inputs``), the tool versions, and metrics measured on it. A later stage calls
+:meth:`Manifest.require` to get an input: that checks the file exists, that its hash still matches,
+and that every input it was made from is itself unchanged -- so a changed checkpoint makes the ONNX
+model stale, a changed ONNX model its INT8 artifacts, and so on.
+
+Writes are atomic and serialised by a lock file, so two stages (or two DDP ranks by mistake) never
+interleave a half-written manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional
+
+from edgexfer import __version__
+from edgexfer.errors import ArtifactError, StaleArtifactError
+from edgexfer.fsutil import atomic_write_json, sha256_file
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+_TOOL_DISTRIBUTIONS = (
+    "torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "openvino",
+    "tensorrt", "numpy", "pillow",
+)
+
+
+def now_iso() -> str:
+    """UTC timestamp, second resolution, ISO 8601."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def tool_versions() -> Dict[str, str]:
+    """Versions of Python, edgexfer and the installed ML libraries, without importing them."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "edgexfer": __version__}
+    for dist in _TOOL_DISTRIBUTIONS:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    if "tensorrt" not in versions and "tensorrt" in sys.modules:  # JetPack's apt TensorRT
+        versions["tensorrt"] = getattr(sys.modules["tensorrt"], "__version__", "unknown")
+    return versions
+
+
+@dataclass
+class Artifact:
+    """One file a stage wrote, as recorded in the manifest."""
+
+    name: str
+    path: str
+    kind: str
+    sha256: str
+    size_bytes: int
+    stage: str
+    created: str
+    inputs: Dict[str, str] = field(default_factory=dict)
+    config: Dict[str, Any] = field(default_factory=dict)
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, name: str, data: Mapping[str, Any]) -> "Artifact":
+        """Build from the manifest's JSON record (unknown keys are kept in ``extra``)."""
+        known = {k: data[k] for k in ("path", "kind", "sha256", "size_bytes", "stage", "created") if k in data}
+        missing = {"path", "kind", "sha256"} - set(known)
+        if missing:
+            raise ArtifactError(f"manifest record for artifact '{name}' lacks {sorted(missing)}")
+        known.setdefault("size_bytes", 0)
+        known.setdefault("stage", "unknown")
+        known.setdefault("created", "")
+        return cls(
+            name=name,
+            inputs=dict(data.get("inputs", {})),
+            config=dict(data.get("config", {})),
+            metrics=dict(data.get("metrics", {})),
+            extra=dict(data.get("extra", {})),
+            **known,
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON record (without the name, which is the key)."""
+        record = asdict(self)
+        record.pop("name")
+        return record
+
+
+class Manifest:
+    """In-memory view of a run directory's manifest. Use :meth:`open` / :meth:`update`."""
+
+    def __init__(self, run_dir: Path, data: Dict[str, Any]):
+        self.run_dir = Path(run_dir)
+        self.data = data
+
+    # ---- loading -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, run_dir: "os.PathLike[str] | str", create: bool = False) -> "Manifest":
+        """Load ``run_dir/manifest.json``; with ``create`` start an empty one if there is none."""
+        run_dir = Path(run_dir)
+        path = run_dir / MANIFEST_NAME
+        if not path.exists():
+            if not create:
+                if not run_dir.exists():
+                    raise ArtifactError(f"run directory '{run_dir}' does not exist; "
+                                        "create one with 'edgexfer finetune --out DIR'")
+                raise ArtifactError(f"'{run_dir}' is not an edgexfer run directory (no {MANIFEST_NAME}); "
+                                    "create one with 'edgexfer finetune --out DIR'")
+            return cls(run_dir, cls._empty())
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"cannot read {path}: {exc}") from exc
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ArtifactError(f"{path} has schema_version {version!r}; this edgexfer reads "
+                                f"{SCHEMA_VERSION}; re-run the stages with this version")
+        data.setdefault("artifacts", {})
+        data.setdefault("stages", {})
+        return cls(run_dir, data)
+
+    @staticmethod
+    def _empty() -> Dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "created": now_iso(), "edgexfer_version": __version__,
+                "artifacts": {}, "stages": {}}
+
+    @classmethod
+    @contextlib.contextmanager
+    def update(cls, run_dir: "os.PathLike[str] | str", create: bool = False) -> Iterator["Manifest"]:
+        """Lock, load the newest manifest, let the caller change it, save atomically, unlock.
+
+        Nothing is saved when the body raises, so the manifest on disk stays the last consistent one.
+        """
+        run_dir = Path(run_dir)
+        if create:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(run_dir / (MANIFEST_NAME + ".lock")):
+            manifest = cls.open(run_dir, create=create)
+            yield manifest
+            manifest.save()
+
+    def save(self) -> None:
+        """Write atomically (callers outside :meth:`update` should hold no other writer)."""
+        self.data["updated"] = now_iso()
+        atomic_write_json(self.run_dir / MANIFEST_NAME, self.data)
+
+    # ---- artifacts -----------------------------------------------------------------------------
+    @property
+    def artifacts(self) -> Dict[str, Artifact]:
+        """All recorded artifacts by name."""
+        return {name: Artifact.from_dict(name, rec) for name, rec in self.data["artifacts"].items()}
+
+    def has(self, name: str) -> bool:
+        """Whether an artifact of this name is recorded (it may still be missing or stale)."""
+        return name in self.data["artifacts"]
+
+    def get(self, name: str) -> Artifact:
+        """The record of artifact ``name`` without checking the file."""
+        if name not in self.data["artifacts"]:
+            have = ", ".join(sorted(self.data["artifacts"])) or "none"
+            raise ArtifactError(f"run directory '{self.run_dir}' has no artifact '{name}' "
+                                f"(it has: {have})")
+        return Artifact.from_dict(name, self.data["artifacts"][name])
+
+    def path_of(self, name: str) -> Path:
+        """Absolute path of a recorded artifact."""
+        return self.run_dir / self.get(name).path
+
+    def add_artifact(self, name: str, path: "os.PathLike[str] | str", kind: str, stage: str,
+                     inputs: Optional[List[str]] = None, config: Optional[Mapping[str, Any]] = None,
+                     metrics: Optional[Mapping[str, Any]] = None,
+                     extra: Optional[Mapping[str, Any]] = None) -> Artifact:
+        """Record (or replace) an artifact already written in the run directory.
+
+        ``inputs`` names artifacts it was made from; their current hashes are stored so that a later
+        change to any of them makes this one stale.
+        """
+        path = Path(path)
+        absolute = path if path.is_absolute() else self.run_dir / path
+        if not absolute.is_file():
+            raise ArtifactError(f"cannot record artifact '{name}': {absolute} is not a file")
+        try:
+            relative = absolute.resolve().relative_to(self.run_dir.resolve())
+        except ValueError:
+            relative = absolute.resolve()
+        artifact = Artifact(
+            name=name, path=relative.as_posix(), kind=kind, sha256=sha256_file(absolute),
+            size_bytes=absolute.stat().st_size, stage=stage, created=now_iso(),
+            inputs={dep: self.get(dep).sha256 for dep in (inputs or [])},
+            config=dict(config or {}), metrics=dict(metrics or {}), extra=dict(extra or {}),
+        )
+        self.data["artifacts"][name] = artifact.to_dict()
+        return artifact
+
+    def remove_artifact(self, name: str) -> None:
+        """Forget an artifact record (the file is left alone)."""
+        self.data["artifacts"].pop(name, None)
+
+    def add_metrics(self, name: str, metrics: Mapping[str, Any]) -> None:
+        """Merge measured metrics into an artifact's record."""
+        self.get(name)
+        self.data["artifacts"][name].setdefault("metrics", {}).update(metrics)
+
+    def require(self, name: str, check_inputs: bool = True) -> Artifact:
+        """Return an artifact only if its file exists, its hash matches and its inputs are unchanged.
+
+        Raises :class:`ArtifactError` when missing and :class:`StaleArtifactError` when stale, each with
+        the command that would fix it.
+        """
+        artifact = self.get(name)
+        path = self.run_dir / artifact.path
+        if not path.is_file():
+            raise ArtifactError(f"artifact '{name}' is recorded in {self.run_dir / MANIFEST_NAME} but "
+                                f"{path} is missing; re-run the '{artifact.stage}' stage")
+        actual = sha256_file(path)
+        if actual != artifact.sha256:
+            raise StaleArtifactError(f"artifact '{name}' ({path}) changed since the '{artifact.stage}' stage "
+                                     f"recorded it (sha256 {actual[:12]} != {artifact.sha256[:12]}); "
+                                     f"re-run the '{artifact.stage}' stage")
+        if check_inputs:
+            for dep, recorded in artifact.inputs.items():
+                if not self.has(dep):
+                    raise StaleArtifactError(f"artifact '{name}' was made from '{dep}', which is no longer "
+                                             f"in the manifest; re-run the '{artifact.stage}' stage")
+                current = self.get(dep).sha256
+                if current != recorded:
+                    raise StaleArtifactError(f"artifact '{name}' was made from an older '{dep}' "
+                                             f"({recorded[:12]}, now {current[:12]}); re-run the "
+                                             f"'{artifact.stage}' stage")
+                self.require(dep, check_inputs=True)
+        return artifact
+
+    def is_fresh(self, name: str) -> bool:
+        """True when :meth:`require` would succeed."""
+        try:
+            self.require(name)
+        except ArtifactError:
+            return False
+        return True
+
+    # ---- stages --------------------------------------------------------------------------------
+    def record_stage(self, stage: str, config: Mapping[str, Any], metrics: Optional[Mapping[str, Any]] = None,
+                     status: str = "done", started: Optional[str] = None, **extra: Any) -> None:
+        """Record a stage's config, status, tool versions, metrics and timing."""
+        record = {"config": dict(config), "status": status, "versions": tool_versions(),
+                  "metrics": dict(metrics or {}), "started": started, "finished": now_iso()}
+        record.update(extra)
+        self.data["stages"][stage] = record
+
+    def stage(self, stage: str) -> Dict[str, Any]:
+        """The record of a stage, or an empty dict when it never ran."""
+        return dict(self.data["stages"].get(stage, {}))
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (fcntl on POSIX; a no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,195 @@
+"""torchvision classification models by name, with the head replaced correctly for every family.
+
+Head replacement reads the input width from the model itself (ResNet-18's ``fc`` takes 512 features,
+not the 500 some tutorials write), so it works for every family: ``fc`` (ResNet, ResNeXt, RegNet,
+ShuffleNet, GoogLeNet, Inception), ``classifier[-1]`` (MobileNet, EfficientNet, ConvNeXt, VGG,
+MNASNet, MaxViT), ``classifier`` (DenseNet), ``heads.head`` (ViT), ``head`` (Swin) and SqueezeNet's
+1x1 convolution.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from edgexfer.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+# Names that need extra care or are not image classifiers over 3xHxW inputs.
+_EXCLUDED = {"inception_v3", "googlenet"}  # aux-logit heads; exportable, but need aux_logits=False tricks
+
+
+def list_models() -> List[str]:
+    """The torchvision classification models edgexfer can fine-tune, sorted."""
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    return sorted(n for n in names if n not in _EXCLUDED and not n.startswith("quantized"))
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if known, else raise a ConfigError naming the closest known models."""
+    names = list_models()
+    if name in names:
+        return name
+    close = difflib.get_close_matches(name.lower(), names, n=5, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"known models include {', '.join(names[:12])}, ..."
+    raise ConfigError(f"unknown model '{name}'; {hint} (all: python -c 'import edgexfer.models as m; "
+                      "print(m.list_models())')")
+
+
+def find_head(model: Any) -> Tuple[str, Any]:
+    """Return (dotted attribute path, module) of the final classification layer."""
+    import torch.nn as nn
+
+    candidates = []
+    for attr in ("fc", "classifier", "head", "heads"):
+        module = getattr(model, attr, None)
+        if module is None:
+            continue
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            candidates.append((attr, module))
+            break
+        last = None
+        for sub_name, sub in module.named_modules():
+            if isinstance(sub, (nn.Linear, nn.Conv2d)):
+                last = (f"{attr}.{sub_name}", sub)
+        if last is not None:
+            candidates.append(last)
+            break
+    if not candidates:
+        raise ModelError(f"cannot find the classification head of {type(model).__name__} "
+                         "(looked for fc, classifier, head, heads)")
+    return candidates[0]
+
+
+def _set_submodule(model: Any, dotted: str, new: Any) -> None:
+    parent = model
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        parent = parent[int(part)] if part.isdigit() else getattr(parent, part)
+    last = parts[-1]
+    if last.isdigit():
+        parent[int(last)] = new
+    else:
+        setattr(parent, last, new)
+
+
+def replace_head(model: Any, num_classes: int) -> str:
+    """Replace the final layer with a new one of ``num_classes`` outputs; return its dotted path.
+
+    The new layer's input width is read from the old one (``in_features`` / ``in_channels``).
+    """
+    import torch.nn as nn
+
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    path, old = find_head(model)
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:  # SqueezeNet's final 1x1 conv
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride)
+    _set_submodule(model, path, new)
+    if hasattr(model, "num_classes"):
+        model.num_classes = num_classes
+    return path
+
+
+def imagenet_weights(arch: str) -> Any:
+    """torchvision's default ImageNet weights enum member for ``arch``."""
+    import torchvision
+
+    try:
+        return torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, AttributeError) as exc:
+        raise ModelError(f"torchvision has no pretrained ImageNet weights for '{arch}'") from exc
+
+
+def weights_cache_path(weights: Any) -> Path:
+    """Where torch.hub keeps (or would keep) a torchvision weights file."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def load_imagenet_state_dict(arch: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Download (or read from the torch cache) the ImageNet state_dict; return it and the weights' meta.
+
+    Offline, this fails with a line that says which file to fetch and where to put it.
+    """
+    import torch.hub
+
+    weights = imagenet_weights(arch)
+    cached = weights_cache_path(weights)
+    try:
+        state = torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True)
+    except Exception as exc:  # noqa: BLE001 - urllib raises many types; all mean "could not get it"
+        raise ModelError(f"cannot download ImageNet weights for {arch} ({type(exc).__name__}: {exc}); "
+                         f"on a machine with network fetch {weights.url} and copy it to {cached}, "
+                         f"or pass --weights PATH to the file, or --weights none") from exc
+    transforms = weights.transforms()
+    meta = {"source": f"torchvision:{weights}", "url": weights.url,
+            "preprocess": {"size": int(transforms.crop_size[0]), "resize_size": int(transforms.resize_size[0]),
+                           "mean": list(transforms.mean), "std": list(transforms.std)}}
+    return state, meta
+
+
+def build_model(arch: str, num_classes: int) -> Any:
+    """A freshly initialised torchvision ``arch`` with a ``num_classes`` head (no weights loaded)."""
+    import torchvision
+
+    check_model_name(arch)
+    kwargs: Dict[str, Any] = {}
+    model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    replace_head(model, num_classes)
+    return model
+
+
+def load_backbone_weights(model: Any, state_dict: Dict[str, Any], source: str,
+                          include_head: bool = False) -> Dict[str, List[str]]:
+    """Load ``state_dict`` into ``model``; the head is skipped unless ``include_head`` (and shapes fit).
+
+    Raises ModelError when the weights do not fit the model (missing/unexpected keys or shape
+    mismatches in the backbone), naming a few of the offending keys.
+    """
+    head_path, _ = find_head(model)
+    own = model.state_dict()
+    head_keys = {k for k in own if k.startswith(head_path + ".")}
+    state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    usable = {}
+    mismatched = []
+    for key, value in state_dict.items():
+        if key in head_keys and not include_head:
+            continue
+        if key in own and hasattr(value, "shape") and tuple(value.shape) != tuple(own[key].shape):
+            mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}")
+            continue
+        usable[key] = value
+    missing = sorted(k for k in own if k not in usable and k not in head_keys
+                     and not k.endswith("num_batches_tracked"))
+    unexpected = sorted(k for k in state_dict if k not in own and k.replace(head_path, "", 1) == k)
+    if mismatched or missing or unexpected:
+        parts = []
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[0]})")
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise ModelError(f"weights from {source} do not fit {type(model).__name__}: {'; '.join(parts)}; "
+                         "pass the --model they were trained with")
+    model.load_state_dict(usable, strict=False)
+    return {"loaded": sorted(usable), "skipped_head": sorted(head_keys)}
+
+
+def describe_weights(weights: Optional[str]) -> str:
+    """Human description of a --weights value."""
+    if weights in (None, "none"):
+        return "random initialisation"
+    if weights == "imagenet":
+        return "torchvision ImageNet weights"
+    return f"file {weights}"

@@ -1,0 +1,214 @@
+"""One preprocessing spec for training, calibration, verification and prediction.
+
+The evaluation path (:meth:`Preprocess.to_array`) is pure PIL + numpy, so a device that has only
+ONNX Runtime or TensorRT preprocesses exactly as training evaluated. The torch training transforms
+wrap the same function for evaluation and add augmentation only for training.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Dict, Mapping, Tuple
+
+import numpy as np
+
+from edgexfer.errors import ConfigError, DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+AUGMENTATIONS = ("none", "light", "standard")
+LAYOUTS = ("NCHW", "NHWC")
+# Images larger than this many pixels are refused instead of exhausting memory (PIL's own limit is
+# a warning at 89 Mpx); 16k x 16k is far past any camera frame a classifier sees.
+MAX_PIXELS = 16384 * 16384
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the model's input tensor.
+
+    ``resize_size``: the shorter side is resized to this, then a centre crop of ``size`` is taken.
+    ``mean``/``std``: per-channel normalisation of [0, 1] pixels (RGB order).
+    """
+
+    size: int = 224
+    resize_size: int = 256
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    augment: str = "standard"
+    layout: str = "NCHW"
+    extra: Dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or self.size < 8:
+            raise ConfigError(f"preprocess size must be an integer >= 8, got {self.size!r}")
+        if not isinstance(self.resize_size, int) or self.resize_size < self.size:
+            raise ConfigError(f"preprocess resize_size must be an integer >= size ({self.size}), "
+                              f"got {self.resize_size!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if len(value) != 3:
+                raise ConfigError(f"preprocess {name} needs 3 values (R, G, B), got {list(value)}")
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"preprocess std values must be > 0, got {list(self.std)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"unknown interpolation '{self.interpolation}'; choose one of "
+                              f"{', '.join(INTERPOLATIONS)}")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"unknown augment '{self.augment}'; choose one of {', '.join(AUGMENTATIONS)}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"unknown layout '{self.layout}'; choose one of {', '.join(LAYOUTS)}")
+
+    # ---- presets and (de)serialisation ---------------------------------------------------------
+    @classmethod
+    def imagenet(cls, size: int = 224, **overrides: Any) -> "Preprocess":
+        """torchvision's ImageNet evaluation recipe: resize to size*256/224, centre crop, ImageNet stats."""
+        return cls(size=size, resize_size=int(round(size * 256 / 224)), **overrides)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Preprocess":
+        """Rebuild from :meth:`to_dict` output (checkpoint, manifest or ONNX metadata)."""
+        known = {k: data[k] for k in ("size", "resize_size", "mean", "std", "interpolation", "augment",
+                                      "layout") if k in data}
+        unknown = set(data) - set(known) - {"extra"}
+        if unknown:
+            raise ConfigError(f"unknown preprocess keys {sorted(unknown)}; valid keys: size, resize_size, "
+                              "mean, std, interpolation, augment, layout")
+        return cls(**known, extra=dict(data.get("extra", {})))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-safe dict."""
+        data = asdict(self)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        return data
+
+    def with_(self, **changes: Any) -> "Preprocess":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    # ---- the numpy evaluation path -------------------------------------------------------------
+    def _resample(self) -> int:
+        from PIL import Image
+
+        return {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[
+            self.interpolation]
+
+    def resize_crop(self, image: "Any") -> "Any":
+        """Resize the shorter side to ``resize_size`` and centre-crop ``size`` (PIL in, PIL out)."""
+        width, height = image.size
+        scale = self.resize_size / min(width, height)
+        new_w, new_h = max(self.size, round(width * scale)), max(self.size, round(height * scale))
+        if (new_w, new_h) != (width, height):
+            image = image.resize((new_w, new_h), self._resample())
+        left = (new_w - self.size) // 2
+        top = (new_h - self.size) // 2
+        return image.crop((left, top, left + self.size, top + self.size))
+
+    def to_uint8(self, image: "Any", layout: str = "NCHW") -> np.ndarray:
+        """Resized, cropped RGB pixels as uint8, CHW or HWC: the input of ``--uint8-input`` models."""
+        pixels = np.asarray(self.resize_crop(image), dtype=np.uint8)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1) if layout == "NCHW" else pixels)
+
+    def to_array(self, image: "Any") -> np.ndarray:
+        """The normalised float32 CHW array the float model takes."""
+        pixels = self.to_uint8(image, "NCHW").astype(np.float32) / 255.0
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return (pixels - mean) / std
+
+    def load(self, path: "os.PathLike[str] | str") -> np.ndarray:
+        """Load an image file and return :meth:`to_array` of it."""
+        return self.to_array(load_image(path))
+
+    # ---- torch transforms ----------------------------------------------------------------------
+    def eval_transform(self) -> Callable[[Any], Any]:
+        """PIL image -> float tensor, identical to :meth:`to_array` (used for validation)."""
+        import torch
+
+        def transform(image: Any) -> Any:
+            return torch.from_numpy(self.to_array(image))
+
+        return transform
+
+    def train_transform(self) -> Callable[[Any], Any]:
+        """PIL image -> augmented float tensor, per ``augment``; ``none`` is the eval transform."""
+        if self.augment == "none":
+            return self.eval_transform()
+        from torchvision import transforms
+
+        interp = {"bilinear": transforms.InterpolationMode.BILINEAR,
+                  "bicubic": transforms.InterpolationMode.BICUBIC,
+                  "nearest": transforms.InterpolationMode.NEAREST}[self.interpolation]
+        if self.augment == "light":
+            geometric = [transforms.Resize(self.resize_size, interpolation=interp),
+                         transforms.RandomCrop(self.size, padding=max(1, self.size // 16)),
+                         transforms.RandomHorizontalFlip()]
+        else:
+            geometric = [transforms.RandomResizedCrop(self.size, scale=(0.5, 1.0), interpolation=interp),
+                         transforms.RandomHorizontalFlip()]
+        return transforms.Compose(geometric + [transforms.ToTensor(),
+                                               transforms.Normalize(self.mean, self.std)])
+
+
+def load_image(path: "os.PathLike[str] | str") -> "Any":
+    """Open any still image as 8-bit RGB, with one clear :class:`DataError` when it cannot be read.
+
+    Handles palette, CMYK, grayscale, 16-bit and alpha images (alpha is composited on black, the
+    convention of torchvision's ``read_image`` with ``ImageReadMode.RGB``).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as opened:
+            if opened.width * opened.height > MAX_PIXELS:
+                raise DataError(f"image '{path}' is {opened.width}x{opened.height}, larger than the "
+                                f"{MAX_PIXELS // 10**6} Mpx edgexfer accepts; downscale it first")
+            if opened.width < 1 or opened.height < 1:
+                raise DataError(f"image '{path}' has no pixels ({opened.width}x{opened.height})")
+            opened.load()
+            image = opened
+            return _to_rgb(image)
+    except DataError:
+        raise
+    except FileNotFoundError as exc:
+        raise DataError(f"image '{path}' does not exist") from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"'{path}' is a folder, not an image file") from exc
+    except UnidentifiedImageError as exc:
+        raise DataError(f"'{path}' is not an image PIL can read (expected JPEG, PNG, BMP, TIFF, WebP, ...)") \
+            from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"image '{path}' is corrupt or truncated: {exc}") from exc
+
+
+def _to_rgb(image: "Any") -> "Any":
+    """Convert any PIL mode to RGB with 8 bits per channel."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        peak = 1.0 if array.max() <= 1.0 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (0, 0, 0))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").split()[-1])
+        return background
+    return image.convert("RGB")
+
+
+def is_image_file(name: str) -> bool:
+    """Whether a file name has an image extension edgexfer reads."""
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")

@@ -1,0 +1,104 @@
+"""Shared fixtures: tiny generated image folders, tiny run directories, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+# Keep tests deterministic and polite on 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 200)}
+
+
+def make_image_folder(root: Path, per_class: int = 12, size: int = 40, classes: Dict[str, tuple] = None,
+                      seed: int = 0, ext: str = ".png") -> Path:
+    """Write ``root/<class>/<i>.png`` images: a coloured square on noise, learnable in a few steps."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    classes = classes or CLASS_COLOURS
+    for name, colour in classes.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, size=(size, size, 3), dtype=np.uint8)
+            lo, hi = size // 4 + rng.integers(-3, 4), 3 * size // 4 + rng.integers(-3, 4)
+            pixels[lo:hi, lo:hi] = np.clip(np.array(colour) + rng.integers(-25, 26, size=3), 0, 255)
+            Image.fromarray(pixels).save(folder / f"img_{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """One folder of 3 classes x 12 images (to be split by edgexfer)."""
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def split_image_folder(tmp_path: Path) -> Path:
+    """``train/`` and ``val/`` folders of 3 classes."""
+    root = tmp_path / "split"
+    make_image_folder(root / "train", per_class=16, seed=1)
+    make_image_folder(root / "val", per_class=6, seed=2)
+    return root
+
+
+def make_run_dir(run_dir: Path, arch: str = "resnet18", class_names: List[str] = None, size: int = 32,
+                 seed: int = 0) -> Path:
+    """A run directory with an edgexfer checkpoint of a randomly initialised model (no training).
+
+    For tests of later stages that need a valid checkpoint and manifest but not accuracy.
+    """
+    import torch
+
+    from edgexfer.checkpoint import CheckpointMeta, save_checkpoint
+    from edgexfer.manifest import Manifest
+    from edgexfer.models import build_model
+    from edgexfer.preprocess import Preprocess
+
+    torch.manual_seed(seed)
+    class_names = class_names or list(CLASS_COLOURS)
+    model = build_model(arch, len(class_names)).eval()
+    meta = CheckpointMeta(arch=arch, class_names=class_names,
+                          preprocess=Preprocess(size=size, resize_size=size, augment="none"),
+                          weights_source="none")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(run_dir / "finetune" / "best.pt", model.state_dict(), meta)
+    with Manifest.update(run_dir, create=True) as manifest:
+        manifest.add_artifact("checkpoint", run_dir / "finetune" / "best.pt", kind="checkpoint",
+                              stage="finetune", config={"arch": arch})
+        manifest.record_stage("finetune", {"arch": arch})
+    return run_dir
+
+
+@pytest.fixture
+def random_run(tmp_path: Path) -> Path:
+    """A run directory holding an untrained resnet18 checkpoint for 3 classes at 32x32."""
+    return make_run_dir(tmp_path / "run")
+
+
+@pytest.fixture
+def cli_runner():
+    """Invoke ``edgexfer`` in-process through :func:`edgexfer.cli.main`; returns (exit_code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from edgexfer.cli import main
+
+    def run(*args: str):
+        out, err = io.StringIO(), io.StringIO()
+        code = 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return code, out.getvalue(), err.getvalue()
+
+    return run
