@@ -250,6 +250,22 @@ class Manifest:
             return False
         return True
 
+    def audit(self) -> List[str]:
+        """Problems that make this run directory inconsistent (empty when every record holds):
+        for every recorded artifact, the file must exist, its hash match and its inputs be unchanged."""
+        problems = []
+        for name in sorted(self.data["artifacts"]):
+            try:
+                self.require(name)
+            except ArtifactError as exc:
+                problems.append(str(exc))
+        return problems
+
+    def leftover_partials(self) -> List[Path]:
+        """Temporary ``.partial`` files a killed process left behind. No stage ever reads them (they are
+        hidden and never recorded); they are listed so tools and tests can report or remove them."""
+        return sorted(self.run_dir.rglob(".*.partial"))
+
     # ---- stages --------------------------------------------------------------------------------
     def record_stage(self, stage: str, config: Mapping[str, Any], metrics: Optional[Mapping[str, Any]] = None,
                      status: str = "done", started: Optional[str] = None, **extra: Any) -> None:

@@ -230,7 +230,12 @@ def run_pipeline(pipeline: Mapping[str, Any], base_dir: Path = Path("."), force:
     for step in steps:
         config_cls, _, dir_field = _stage_parts(step.stage)
         placeholder = dict(step.options)
-        if step.stage == "finetune" and str(placeholder.get("weights", "")).startswith("@"):
+        reference = str(placeholder.get("weights", "")) if step.stage == "finetune" else ""
+        if reference.startswith("@"):
+            earlier_runs = list(runs)[:list(runs).index(step.run)]
+            if reference[1:] not in earlier_runs:
+                raise ConfigError(f"run '{step.run}' finetune weights '{reference}' names no run listed before "
+                                  f"it; earlier runs: {', '.join(earlier_runs) or 'none'}")
             placeholder["weights"] = "none"
         placeholder.setdefault("progress", progress)
         where = f"run '{step.run}' stage '{step.stage}'"

@@ -9,9 +9,15 @@ from typing import Any, Optional, Tuple
 import click
 
 
-def _print_step(step: Any) -> None:
-    verb = "running" if step.action == "run" else "skipping"
-    click.echo(f"[{step.run}] {verb} {step.key} ({step.reason})", err=True)
+def _step_printer(dry_run: bool) -> Any:
+    def show(step: Any) -> None:
+        if dry_run:
+            verb = "would run" if step.action == "run" else "would skip"
+        else:
+            verb = "running" if step.action == "run" else "skipping"
+        click.echo(f"[{step.run}] {verb} {step.key} ({step.reason})", err=True)
+
+    return show
 
 
 def _finish(result: Any, started: float, transfer: Optional[str] = None, baseline: Optional[str] = None,
@@ -50,7 +56,7 @@ def run(ctx: click.Context, pipeline_file: Path, force: Tuple[str, ...], dry_run
     started = time.perf_counter()
     quiet = bool(ctx.find_root().obj.get("quiet"))
     result = run_pipeline_file(pipeline_file, force=force, dry_run=dry_run, progress=not quiet,
-                               on_step=_print_step)
+                               on_step=_step_printer(dry_run))
     _finish(result, started, dry_run=dry_run)
 
 
@@ -90,5 +96,5 @@ def demo(ctx: click.Context, out: Path, quick: bool, force: Tuple[str, ...]) -> 
     started = time.perf_counter()
     quiet = bool(ctx.find_root().obj.get("quiet"))
     result = run_pipeline(demo_pipeline(out, quick), base_dir=Path("."), force=force, progress=not quiet,
-                          on_step=_print_step)
+                          on_step=_step_printer(False))
     _finish(result, started, transfer="target", baseline="scratch")
