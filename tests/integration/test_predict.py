@@ -1,0 +1,179 @@
+"""`edgexfer predict` from a run directory or an artifact file, on real ONNX Runtime / OpenVINO / torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import onnx_factory as factory
+from conftest import make_image_folder
+from edgexfer.stages.build import BuildConfig, run_build
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """An exported run with onnxruntime_int8 and openvino_fp32 built, plus images of 3 classes."""
+    root = tmp_path_factory.mktemp("predict")
+    run = factory.exported_run(root / "run", int8=True)
+    images = make_image_folder(root / "images", per_class=2, size=40, seed=3)
+    for backend, precision in (("onnxruntime", "int8"), ("openvino", "fp32")):
+        run_build(
+            BuildConfig(
+                run_dir=run,
+                backend=backend,
+                precision=precision,
+                smoke_data=images,
+                smoke_images=3,
+                progress=False,
+            )
+        )
+    return {"run": run, "images": images, "files": sorted(images.rglob("*.png"))}
+
+
+def _torch_probabilities(run, files):
+    """Softmax of the checkpoint's torch logits: the reference for every artifact."""
+    import torch
+
+    from edgexfer.checkpoint import load_checkpoint
+    from edgexfer.preprocess import load_image
+
+    model, meta = load_checkpoint(run / "finetune" / "best.pt")
+    batch = np.stack([meta.preprocess.to_array(load_image(f)) for f in files])
+    with torch.no_grad():
+        return torch.softmax(model(torch.from_numpy(batch)), dim=1).numpy()
+
+
+def test_run_dir_uses_the_best_built_artifact_and_json_is_complete(cli_runner, built):
+    code, out, err = cli_runner("predict", str(built["run"]), *map(str, built["files"]), "--json", "-k", "2")
+    assert code == 0, err
+    document = json.loads(out)  # stdout holds exactly one JSON document
+    assert document["artifact"] == "onnxruntime_int8" and document["backend"] == "onnxruntime"
+    assert [p["image"] for p in document["predictions"]] == [str(f) for f in built["files"]]
+    reference = _torch_probabilities(built["run"], built["files"])
+    for row, item in zip(reference, document["predictions"]):
+        top = item["top"]
+        assert len(top) == 2 and top[0]["score"] >= top[1]["score"]
+        assert {t["class"] for t in top} <= {"red", "green", "blue"}
+        # int8 probabilities stay near the float model's for an untrained (near-uniform) network
+        assert abs(top[0]["score"] - row[top[0]["index"]]) < 0.05
+    assert "next: edgexfer verify" in err
+
+
+def test_float_onnx_matches_torch_exactly_and_text_output(cli_runner, built):
+    code, out, _ = cli_runner(
+        "predict", str(built["run"]), str(built["images"]), "--artifact", "onnx", "-k", "3"
+    )
+    assert code == 0
+    lines = [line for line in out.splitlines() if line.endswith(tuple("0123456789"))]
+    assert len(lines) == len(built["files"])  # the folder expanded to its 6 images
+    reference = _torch_probabilities(built["run"], built["files"])
+    code, out, _ = cli_runner(
+        "predict", str(built["run"]), *map(str, built["files"]), "--artifact", "onnx", "--json", "-k", "3"
+    )
+    for row, item in zip(reference, json.loads(out)["predictions"]):
+        for entry in item["top"]:
+            assert entry["score"] == pytest.approx(float(row[entry["index"]]), abs=1e-4)
+        assert item["top"][0]["index"] == int(row.argmax())
+
+
+@pytest.mark.parametrize(
+    "relative, backend",
+    [
+        ("export/model.onnx", "onnxruntime"),
+        ("build/openvino_fp32.xml", "openvino"),
+        ("finetune/best.pt", "torch"),
+    ],
+)
+def test_direct_artifact_paths(cli_runner, built, relative, backend):
+    files = list(map(str, built["files"][:3]))
+    code, out, err = cli_runner("predict", str(built["run"] / relative), *files, "--json")
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["backend"] == backend
+    reference = _torch_probabilities(built["run"], built["files"][:3])
+    got = [item["top"][0]["index"] for item in document["predictions"]]
+    assert got == [int(i) for i in reference.argmax(1)]
+
+
+def test_non_image_and_corrupt_image_are_one_line_errors(cli_runner, built, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(built["files"][0].read_bytes()[:60])
+    for bad, words in (
+        (text, "is not an image PIL can read"),
+        (truncated, "corrupt or truncated"),
+        (tmp_path / "missing.png", "does not exist"),
+    ):
+        code, out, err = cli_runner("predict", str(built["run"]), str(built["files"][0]), str(bad))
+        assert code == 2, (bad, err)
+        assert words in err and "Traceback" not in err and err.count("\n") == 1
+        assert out == ""
+
+
+def test_bad_targets(cli_runner, built, tmp_path):
+    image = str(built["files"][0])
+    code, _, err = cli_runner("predict", str(built["run"]), image, "--artifact", "tensorrt_fp16")
+    assert code == 2 and "has no artifact 'tensorrt_fp16'" in err
+    odd = tmp_path / "model.tflite"
+    odd.write_bytes(b"x")
+    code, _, err = cli_runner("predict", str(odd), image)
+    assert code == 2 and "cannot tell which runtime runs 'model.tflite'" in err
+    code, _, err = cli_runner("predict", str(built["run"]), image, "--backend", "coreml")
+    assert code == 2 and "unknown backend 'coreml'" in err
+
+
+def test_engine_file_without_tensorrt_is_exit_4(cli_runner, built, tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    from edgexfer.backends.sidecar import onnx_metadata_props, write_sidecar
+
+    engine = tmp_path / "tensorrt_fp16.engine"
+    engine.write_bytes(b"serialized engine from another machine")
+    write_sidecar(
+        engine,
+        "tensorrt",
+        "fp16",
+        onnx_metadata_props(built["run"] / "export" / "model.onnx"),
+        {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7"},
+    )
+    code, _, err = cli_runner("predict", str(engine), str(built["files"][0]))
+    assert code == 4 and "backend 'tensorrt' is not usable here" in err
+
+
+def test_stale_built_artifact_is_skipped_for_the_next_best(built, tmp_path):
+    from edgexfer.stages.predict import PredictConfig, run_predict
+
+    run = tmp_path / "run"
+    shutil.copytree(built["run"], run)
+    path = run / "build" / "onnxruntime_int8.onnx"
+    path.write_bytes(path.read_bytes() + b"\0")  # now stale: its hash no longer matches the manifest
+    result = run_predict(PredictConfig(target=run, images=(built["files"][0],)))
+    assert result.artifact == "openvino_fp32"
+
+
+def test_provider_option(cli_runner, built):
+    image = str(built["files"][0])
+    code, out, err = cli_runner(
+        "predict", str(built["run"]), image, "--artifact", "onnx", "--provider", "cpu", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["backend"] == "onnxruntime"
+    code, _, err = cli_runner(
+        "predict", str(built["run"]), image, "--artifact", "openvino_fp32", "--provider", "cuda"
+    )
+    assert code == 2 and "--provider chooses an ONNX Runtime execution provider" in err
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        code, _, err = cli_runner(
+            "predict", str(built["run"]), image, "--artifact", "onnx", "--provider", "cuda"
+        )
+        assert code == 4 and "'cuda' is not in this onnxruntime build" in err
