@@ -73,7 +73,9 @@ def read_checkpoint_file(path: "os.PathLike[str] | str") -> Any:
     except TypeError:  # torch < 1.13 has no weights_only
         return torch.load(path, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - pickle/zip errors of many kinds
-        raise ModelError(f"cannot read weights file '{path}': {type(exc).__name__}: {exc}; expected a "
+        # torch's unpickling errors span many lines; the CLI shows one, so keep the first.
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelError(f"cannot read weights file '{path}': {type(exc).__name__}: {reason}; expected a "
                          "state_dict, a torchvision .pth or an edgexfer checkpoint") from exc
 
 

@@ -103,6 +103,19 @@ def progress_enabled() -> bool:
     return True
 
 
+# Everything str.splitlines() breaks on (\n, \r, \v, \f, file/group/record separators, NEL, U+2028/9).
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def one_line(message: str) -> str:
+    """``message`` as a single line: line breaks (from a library's error or a user's key or file name)
+    are shown escaped, so the CLI's error stays one line that scripts can grep."""
+    text = message.strip()
+    for char in _LINE_BREAKS:
+        text = text.replace(char, ascii(char)[1:-1])
+    return text
+
+
 def main(argv: Optional[List[str]] = None) -> Any:
     """Console-script entry point: EdgexferError -> one line on stderr and its exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
@@ -122,11 +135,12 @@ def main(argv: Optional[List[str]] = None) -> Any:
     except EdgexferError as exc:
         if debug:
             raise
-        click.echo(f"edgexfer: error: {exc}", err=True)
+        click.echo(f"edgexfer: error: {one_line(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - the last line of defence for the user
         if debug:
             raise
-        click.echo(f"edgexfer: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
+        reason = one_line(str(exc))
+        click.echo(f"edgexfer: internal error: {type(exc).__name__}: {reason} (rerun with --debug for the "
                    "traceback and report it)", err=True)
         sys.exit(1)

@@ -193,3 +193,91 @@ def describe_weights(weights: Optional[str]) -> str:
     if weights == "imagenet":
         return "torchvision ImageNet weights"
     return f"file {weights}"
+
+
+# ---- freezing strategies and block grouping ------------------------------------------------------
+STRATEGIES = ("linear", "partial", "full")
+
+# Where each family keeps its sequence of feature blocks, input to output. The first match wins;
+# a model matching none falls back to its top-level children (minus the head).
+_BLOCK_CONTAINERS = (
+    ("layer1", "layer2", "layer3", "layer4"),        # ResNet, ResNeXt, Wide ResNet (stem handled below)
+    ("trunk_output",),                                # RegNet (stem handled below)
+    ("conv1", "stage2", "stage3", "stage4", "conv5"),  # ShuffleNet V2
+    ("features",),                                    # MobileNet, EfficientNet, ConvNeXt, VGG, DenseNet, ...
+    ("layers",),                                      # MNASNet
+    ("encoder",),                                     # ViT
+)
+
+
+def backbone_blocks(model: Any) -> List[Tuple[str, Any]]:
+    """The model's feature blocks as ``(dotted name, module)``, from input to output, head excluded.
+
+    Granularity is the family's natural stage: ResNet ``layer1..layer4`` (after a ``stem``),
+    RegNet's trunk stages, the children of ``features`` (MobileNet, EfficientNet, ConvNeXt, ...),
+    ViT's encoder layers. ``partial`` fine-tuning unfreezes the last N of these.
+    """
+    import torch.nn as nn
+
+    head_path, _ = find_head(model)
+    top = head_path.split(".")[0]
+    children = dict(model.named_children())
+    for names in _BLOCK_CONTAINERS:
+        if not all(n in children for n in names):
+            continue
+        if len(names) > 1:
+            blocks = [(n, children[n]) for n in names]
+        else:
+            container = children[names[0]]
+            if names[0] == "encoder" and hasattr(container, "layers"):
+                blocks = [(f"encoder.layers.{n}", m) for n, m in container.layers.named_children()]
+            else:
+                blocks = [(f"{names[0]}.{n}", m) for n, m in container.named_children()]
+        stem = [(n, m) for n, m in children.items()
+                if n not in {b[0].split(".")[0] for b in blocks} and n != top
+                and any(True for _ in m.parameters()) and list(children).index(n) < list(children).index(
+                    blocks[0][0].split(".")[0])]
+        if stem:
+            blocks = [("stem", nn.ModuleList([m for _, m in stem]))] + blocks
+        return [(n, m) for n, m in blocks if any(True for _ in m.parameters())]
+    return [(n, m) for n, m in children.items() if n != top and any(True for _ in m.parameters())]
+
+
+def head_parameter_names(model: Any) -> List[str]:
+    """Names of the parameters of the classification head (what ``linear`` trains)."""
+    head_path, _ = find_head(model)
+    return [n for n, _ in model.named_parameters() if n.startswith(head_path + ".")]
+
+
+def apply_strategy(model: Any, strategy: str, unfreeze_blocks: int = 1) -> Dict[str, List[str]]:
+    """Set ``requires_grad`` per strategy; return ``{"trainable": [...], "frozen": [...]}`` names.
+
+    ``linear``: only the head trains. ``partial``: the head, the last ``unfreeze_blocks`` blocks of
+    :func:`backbone_blocks` and any parameters between them and the head (e.g. a final norm or a
+    hidden classifier layer). ``full``: everything trains.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+    names = [n for n, _ in model.named_parameters()]
+    if strategy == "full":
+        trainable = set(names)
+    else:
+        trainable = set(head_parameter_names(model))
+        if strategy == "partial":
+            blocks = backbone_blocks(model)
+            if not 1 <= unfreeze_blocks <= len(blocks):
+                raise ConfigError(f"--unfreeze-blocks must be between 1 and {len(blocks)} for "
+                                  f"{type(model).__name__} (its blocks: {', '.join(n for n, _ in blocks)})")
+            unfrozen = {id(p) for _, m in blocks[-unfreeze_blocks:] for p in m.parameters()}
+            block_params = {id(p) for _, m in blocks for p in m.parameters()}
+            params = list(model.named_parameters())
+            last_block = max(i for i, (_, p) in enumerate(params) if id(p) in block_params)
+            for index, (name, param) in enumerate(params):
+                # blocks to unfreeze, plus loose parameters after the last block (a final norm, a hidden
+                # classifier layer); loose ones before it (ViT's class token, positions) stay frozen
+                if id(param) in unfrozen or (id(param) not in block_params and index > last_block):
+                    trainable.add(name)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+    return {"trainable": [n for n in names if n in trainable],
+            "frozen": [n for n in names if n not in trainable]}

@@ -184,7 +184,10 @@ def load_image(path: "os.PathLike[str] | str") -> "Any":
     except UnidentifiedImageError as exc:
         raise DataError(f"'{path}' is not an image PIL can read (expected JPEG, PNG, BMP, TIFF, WebP, ...)") \
             from exc
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        # PIL refuses > 2x its pixel limit at open, before the check above: the same cause, not corruption.
+        raise DataError(f"image '{path}' is too large for edgexfer ({exc}); downscale it first") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"image '{path}' is corrupt or truncated: {exc}") from exc
 
 

@@ -102,3 +102,39 @@ def cli_runner():
         return code, out.getvalue(), err.getvalue()
 
     return run
+
+
+# ---- finetune fixtures ---------------------------------------------------------------------------
+TRAINED_RUN_EPOCHS = 8
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A run directory from a real, short ``run_finetune``: resnet18 from random init at 32x32 on a
+    generated 3-class folder (train/ 24 per class, val/ 16 per class), full strategy, fp32.
+
+    It reaches 100% val top-1 (asserted here). READ-ONLY: tests that write into a run must use
+    ``trained_run_copy``. ``samples_for_run(trained_run, "val")`` gives its 48 validation images.
+    """
+    from edgexfer.data import samples_for_run
+    from edgexfer.stages.finetune import FinetuneConfig, run_finetune
+
+    root = tmp_path_factory.mktemp("trained_run")
+    data = root / "data"
+    make_image_folder(data / "train", per_class=24, size=40, seed=1)
+    make_image_folder(data / "val", per_class=16, size=40, seed=2)
+    config = FinetuneConfig(out=root / "run", model="resnet18", weights="none", data=str(data), size=32,
+                            strategy="full", epochs=TRAINED_RUN_EPOCHS, batch_size=16, lr=0.01, seed=0,
+                            amp="off", channels_last="off", patience=None, progress=False)
+    result = run_finetune(config)
+    assert result.best_val_top1 >= 0.95, f"trained_run fixture only reached {result.best_val_top1:.2%}"
+    assert len(samples_for_run(result.run_dir, "val")) == 48
+    return result.run_dir
+
+
+@pytest.fixture
+def trained_run_copy(trained_run: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of ``trained_run`` (same manifest, checkpoints and data record)."""
+    import shutil
+
+    return Path(shutil.copytree(trained_run, tmp_path / "trained_run"))
