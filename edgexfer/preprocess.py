@@ -99,16 +99,25 @@ class Preprocess:
         return {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[
             self.interpolation]
 
-    def resize_crop(self, image: "Any") -> "Any":
-        """Resize the shorter side to ``resize_size`` and centre-crop ``size`` (PIL in, PIL out)."""
-        width, height = image.size
+    def crop_box(self, width: int, height: int) -> Tuple[float, float, float, float]:
+        """The centre crop, in source-image coordinates, that resize-then-crop would keep."""
         scale = self.resize_size / min(width, height)
         new_w, new_h = max(self.size, round(width * scale)), max(self.size, round(height * scale))
-        if (new_w, new_h) != (width, height):
-            image = image.resize((new_w, new_h), self._resample())
-        left = (new_w - self.size) // 2
-        top = (new_h - self.size) // 2
-        return image.crop((left, top, left + self.size, top + self.size))
+        left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
+        sx, sy = width / new_w, height / new_h
+        return (left * sx, top * sy, (left + self.size) * sx, (top + self.size) * sy)
+
+    def resize_crop(self, image: "Any") -> "Any":
+        """Resize the shorter side to ``resize_size`` and centre-crop ``size`` (PIL in, PIL out).
+
+        Done as one resampling of just the crop box (PIL's ``resize(box=...)``), which gives the same
+        pixels as resizing the whole image and cropping (within one grey level at the box edges) at about
+        half the cost for camera-sized images: host preprocessing is part of end-to-end latency.
+        """
+        width, height = image.size
+        if (width, height) == (self.size, self.size) and self.resize_size == self.size:
+            return image
+        return image.resize((self.size, self.size), self._resample(), box=self.crop_box(width, height))
 
     def to_uint8(self, image: "Any", layout: str = "NCHW") -> np.ndarray:
         """Resized, cropped RGB pixels as uint8, CHW or HWC: the input of ``--uint8-input`` models."""
@@ -203,6 +212,8 @@ def _to_rgb(image: "Any") -> "Any":
         array = np.asarray(image, dtype=np.float64)
         peak = 1.0 if array.max() <= 1.0 else 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "RGB":
+        return image  # already what every stage wants; convert() would only copy it
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):

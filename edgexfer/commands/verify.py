@@ -1,0 +1,146 @@
+"""``edgexfer verify RUN_DIR``: accuracy parity and latency of every built artifact (see stages/verify.py)."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import click
+
+
+def _split(values: Tuple[str, ...]) -> Optional[Tuple[str, ...]]:
+    """Repeatable and comma-separated option values as one tuple (None when not given)."""
+    items = tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+    return items or None
+
+
+@click.command("verify")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Labelled ImageFolder DIR/<class>/<image> (default: the run's validation split).",
+)
+@click.option(
+    "--backends",
+    "backends",
+    multiple=True,
+    help="Only artifacts of these backends (comma-separated or repeated).",
+)
+@click.option(
+    "--artifact",
+    "artifacts",
+    multiple=True,
+    help="Only these manifest artifacts: builds (onnxruntime_int8) or exported ONNX (onnx_int8_cpu).",
+)
+@click.option(
+    "--max-drop",
+    type=float,
+    default=None,
+    help="Gate: fail (exit 3) when an artifact's top-1 is more than PTS points below the float model.",
+)
+@click.option(
+    "--min-agreement",
+    type=float,
+    default=None,
+    help="Gate: fail (exit 3) when fewer than PCT % of predictions agree with the float model.",
+)
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per inference call.")
+@click.option("--limit", type=int, default=None, help="Use at most N images (evenly spaced).")
+@click.option(
+    "--bootstrap",
+    "bootstrap_resamples",
+    type=int,
+    default=2000,
+    show_default=True,
+    help="Bootstrap resamples for the confidence interval of the drop.",
+)
+@click.option("--latency/--no-latency", default=True, show_default=True, help="Measure latency too.")
+@click.option("--latency-batch", type=int, default=1, show_default=True, help="Batch size for latency.")
+@click.option("--threads", type=int, default=None, help="Threads per runtime (default: physical cores).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Output folder (default RUN_DIR/verify).",
+)
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+def verify(
+    run_dir: str,
+    data: Optional[str],
+    backends: Tuple[str, ...],
+    artifacts: Tuple[str, ...],
+    max_drop: Optional[float],
+    min_agreement: Optional[float],
+    batch_size: int,
+    limit: Optional[int],
+    bootstrap_resamples: int,
+    latency: bool,
+    latency_batch: int,
+    threads: Optional[int],
+    out_dir: Optional[str],
+    no_plots: bool,
+) -> None:
+    """Accuracy parity (top-1/top-5, drop with CI, McNemar, agreement, per-class deltas, cosine/SNR) and
+    latency of every built artifact of RUN_DIR against the torch float model.
+
+    \b
+    Exit codes: 0 all passed; 3 an artifact failed the --max-drop / --min-agreement gate;
+    2 bad input, or an artifact that could not be loaded (the report is still written);
+    4 a backend named in --backends is not available here.
+    """
+    from edgexfer.cli import progress_enabled
+    from edgexfer.stages.verify import VerifyConfig, run_verify
+
+    config = VerifyConfig(
+        run_dir=run_dir,
+        data=data,
+        backends=_split(backends),
+        artifacts=_split(artifacts),
+        max_drop=max_drop,
+        min_agreement=min_agreement,
+        batch_size=batch_size,
+        limit=limit,
+        bootstrap_resamples=bootstrap_resamples,
+        latency=latency,
+        latency_batch=latency_batch,
+        threads=threads,
+        out_dir=out_dir,
+        plots=not no_plots,
+        progress=progress_enabled(),
+    )
+    from edgexfer.errors import EdgexferError
+
+    try:
+        result = run_verify(config)
+    except EdgexferError as exc:
+        # Gate failures and broken artifacts still produced a report: show its table before the error.
+        if getattr(exc, "result", None) is not None:
+            _print_summary(exc.result.data)  # type: ignore[attr-defined]
+            click.echo(f"report: {exc.result.report_path}")  # type: ignore[attr-defined]
+        raise
+    _print_summary(result.data)
+    click.echo(f"verify.json: {result.json_path}")
+    click.echo(f"report:      {result.report_path}")
+    click.echo(f"next: edgexfer predict {run_dir} IMAGE   (or edgexfer bench --run {run_dir})")
+
+
+def _print_summary(data: dict) -> None:
+    """One line per artifact: status, top-1, drop with CI, agreement, p50 latency."""
+    ref = data["reference"]
+    click.echo(f"reference torch fp32: top-1 {ref['top1']:.2f}% on {data['dataset']['num_images']} images")
+    for entry in data["artifacts"]:
+        if "accuracy" not in entry:
+            click.echo(f"  {entry['name']:<22} {entry['status'].upper():<7} {entry['error']}")
+            continue
+        acc = entry["accuracy"]
+        low, high = acc["top1_drop_ci"]
+        lat = entry.get("latency")
+        p50 = f", p50 {lat['p50_ms']:.2f} ms" if lat else ""
+        click.echo(
+            f"  {entry['name']:<22} {entry['status'].upper():<7} top-1 {acc['top1']:.2f}% "
+            f"(drop {acc['top1_drop']:+.2f}, CI {low:+.2f}..{high:+.2f}), agreement "
+            f"{entry['agreement']['agreement_pct']:.1f}%{p50}"
+        )

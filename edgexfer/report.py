@@ -1,0 +1,307 @@
+"""Markdown reports and PNG plots for ``verify.json`` and bench results.
+
+Everything here reads the plain dicts the stages write to JSON (never live objects), so a report can
+be re-rendered from the JSON alone. Plots use matplotlib's Agg backend (no display needed) and are
+written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+STATUS_MARK = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIPPED"}
+
+
+def _fmt(value: Optional[float], digits: int = 2, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def _signed(value: Optional[float], digits: int = 2) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+# ---- verify --------------------------------------------------------------------------------------
+def verify_markdown(data: Dict[str, Any]) -> str:
+    """The human report of a verify.json dict: verdict, accuracy table, latency table, per-class deltas."""
+    ref = data["reference"]
+    gate = data["gate"]
+    dataset = data["dataset"]
+    conf = int(round(100 * data["config"].get("confidence", 0.95)))
+    lines = [f"# edgexfer verify: {data['checkpoint']['arch']} ({data['run_dir']})", ""]
+    verdict = "PASSED" if gate["passed"] else "FAILED"
+    rules = []
+    if gate.get("max_drop") is not None:
+        rules.append(f"top-1 drop <= {gate['max_drop']:g} pts")
+    if gate.get("min_agreement") is not None:
+        rules.append(f"agreement >= {gate['min_agreement']:g}%")
+    lines.append(f"**Verdict: {verdict}** ({'; '.join(rules) if rules else 'no gate set'})")
+    lines.append("")
+    for failure in gate.get("failures", []):
+        lines.append(f"- FAIL `{failure['artifact']}`: {failure['reason']}")
+    for error in gate.get("errors", []):
+        lines.append(f"- ERROR `{error['artifact']}`: {error['reason']}")
+    for entry in data["artifacts"]:
+        if entry["status"] == "skipped":
+            lines.append(f"- SKIPPED `{entry['name']}`: {entry['error']}")
+    lines += [
+        "",
+        f"Data: {dataset['source']}, {dataset['num_images']} images, "
+        f"{len(dataset['class_names'])} classes. Reference: torch fp32 (top-1 {_fmt(ref['top1'])}%, "
+        f"top-{ref['top5_k']} {_fmt(ref['top5'])}%).",
+        "",
+    ]
+    lines += [
+        "## Accuracy parity against the float reference",
+        "",
+        f"| artifact | status | top-1 % | top-1 drop (pts, {conf}% CI) | McNemar p | top-{ref['top5_k']} % "
+        "| agreement % | cosine (mean / min) | SNR dB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in data["artifacts"]:
+        if "accuracy" not in entry:
+            lines.append(
+                f"| `{entry['name']}` | {STATUS_MARK[entry['status']]} | - | - | - | - | - | - | - |"
+            )
+            continue
+        acc, agree, logits = entry["accuracy"], entry["agreement"], entry["logits"]
+        low, high = acc["top1_drop_ci"]
+        snr = "identical" if logits["snr_db"] is None else _fmt(logits["snr_db"], 1)
+        lines.append(
+            f"| `{entry['name']}` | {STATUS_MARK[entry['status']]} | {_fmt(acc['top1'])} | "
+            f"{_signed(acc['top1_drop'])} ({_signed(low)} .. {_signed(high)}) | "
+            f"{entry['mcnemar']['p_value']:.3g} | {_fmt(acc['top5'])} | {_fmt(agree['agreement_pct'])} | "
+            f"{logits['cosine_mean']:.4f} / {logits['cosine_min']:.4f} | {snr} |"
+        )
+    lines += [
+        "",
+        "A positive drop means the artifact is less accurate than the float model. McNemar's p "
+        "tests whether the two differ on these images at all (small p: a real difference).",
+        "",
+    ]
+    lines += _verify_latency_table(data)
+    lines += _per_class_table(data)
+    if data.get("plots"):
+        lines += ["## Plots", ""] + [f"![{name}]({name})" for name in data["plots"]] + [""]
+    machine = data.get("machine", {})
+    lines += [
+        "## Machine",
+        "",
+        f"{machine.get('cpu', '?')}, {machine.get('physical_cores', '?')} physical "
+        f"cores; edgexfer {data.get('edgexfer_version')}; created {data.get('created')}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _verify_latency_table(data: Dict[str, Any]) -> List[str]:
+    rows = [("torch fp32 (reference)", data["reference"].get("latency"))]
+    rows += [(f"`{e['name']}`", e.get("latency")) for e in data["artifacts"] if e.get("latency")]
+    if not any(lat for _, lat in rows):
+        return []
+    lines = [
+        "## Latency (after warm-up)",
+        "",
+        "| model | batch | p50 ms | p90 ms | p99 ms | IQR ms | images/s | runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, lat in rows:
+        if lat:
+            lines.append(
+                f"| {name} | {lat['batch_size']} | {_fmt(lat['p50_ms'])} | {_fmt(lat['p90_ms'])} | "
+                f"{_fmt(lat['p99_ms'])} | {_fmt(lat['iqr_ms'])} | {_fmt(lat['throughput_ips'], 1)} | "
+                f"{lat['n']} |"
+            )
+    return lines + [""]
+
+
+def _per_class_table(data: Dict[str, Any]) -> List[str]:
+    entries = [e for e in data["artifacts"] if "per_class" in e]
+    if not entries:
+        return []
+    names = data["dataset"]["class_names"]
+    lines = [
+        "## Per-class top-1 delta (points, artifact minus reference)",
+        "",
+        "| class | images | reference % | " + " | ".join(f"`{e['name']}`" for e in entries) + " |",
+        "|---|---|---|" + "---|" * len(entries),
+    ]
+    counts = data["dataset"]["class_counts"]
+    for index, name in enumerate(names):
+        cells = [_signed(e["per_class"]["delta"][index], 1) for e in entries]
+        lines.append(
+            f"| {name} | {counts[index]} | {_fmt(data['reference']['per_class_accuracy'][index], 1)} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines + [""]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    from edgexfer.fsutil import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def verify_plots(data: Dict[str, Any], out_dir: Path) -> List[Path]:
+    """latency.png (p50 with p90/p99 marks per artifact) and per_class_delta.png; returns their paths."""
+    plt = _pyplot()
+    paths = []
+    rows = [("torch fp32", data["reference"].get("latency"))]
+    rows += [(e["name"], e.get("latency")) for e in data["artifacts"] if e.get("latency")]
+    rows = [(name, lat) for name, lat in rows if lat]
+    if rows:
+        fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))
+        labels = [name for name, _ in rows]
+        p50 = [lat["p50_ms"] for _, lat in rows]
+        ax.barh(labels, p50, color="#4c72b0", label="p50")
+        ax.scatter([lat["p90_ms"] for _, lat in rows], labels, marker="|", s=200, color="k", label="p90")
+        ax.scatter([lat["p99_ms"] for _, lat in rows], labels, marker="x", color="#c44e52", label="p99")
+        ax.set_xlabel(f"latency, ms (batch {rows[0][1]['batch_size']})")
+        ax.invert_yaxis()
+        ax.legend(loc="lower right")
+        ax.set_title("verify: latency per artifact")
+        paths.append(_save(fig, Path(out_dir) / "latency.png"))
+    entries = [e for e in data["artifacts"] if "per_class" in e]
+    if entries:
+        names = data["dataset"]["class_names"]
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names) + 2), 4))
+        width = 0.8 / len(entries)
+        for offset, entry in enumerate(entries):
+            deltas = [0.0 if v is None else v for v in entry["per_class"]["delta"]]
+            ax.bar([i + offset * width for i in range(len(names))], deltas, width=width, label=entry["name"])
+        ax.axhline(0, color="k", linewidth=0.8)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
+        ax.set_xticklabels(names, rotation=45, ha="right")
+        ax.set_ylabel("top-1 delta vs float, points")
+        ax.legend()
+        ax.set_title("verify: per-class accuracy delta")
+        paths.append(_save(fig, Path(out_dir) / "per_class_delta.png"))
+    return paths
+
+
+# ---- bench ---------------------------------------------------------------------------------------
+def bench_markdown(data: Dict[str, Any]) -> str:
+    """The bench results table (one row per model/backend/precision/batch) plus machine and notes."""
+    machine = data.get("machine", {})
+    lines = [
+        f"# edgexfer bench: {data.get('machine_name', '?')}",
+        "",
+        f"CPU: {machine.get('cpu', '?')} ({machine.get('physical_cores', '?')} physical cores, "
+        f"features {', '.join(machine.get('cpu_features', [])) or 'none'}); threads used: "
+        f"{data.get('threads')}; GPU: {_gpu_line(machine)}.",
+        f"Weights: {data.get('weights_note', '')}",
+        "",
+        "Latency is per call after warm-up, median (p50) with the interquartile range (IQR) and p99; "
+        "`e2e` is image file -> decode -> resize/crop -> infer -> top-5, one call per batch; "
+        "`host` is its decode and preprocessing part alone. Every backend of a model is timed "
+        "round-robin in the same process on the same pixels.",
+        "",
+        "| model | backend | precision | input | batch | p50 ms | IQR ms | p99 ms | images/s | vs torch fp32 "
+        "| e2e p50 ms | host p50 ms | e2e / model |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in data["results"]:
+        if row.get("status") != "ok":
+            lines.append(
+                f"| {row['model']} | {row['backend']} | {row['precision']} | {row.get('input', '-')} | "
+                f"{row['batch']} | {row.get('status')}: {row.get('error', '')} | | | | | | | |"
+            )
+            continue
+        lat, e2e, host = row["latency"], row.get("e2e"), row.get("host")
+        lines.append(
+            f"| {row['model']} | {row['backend']} | {row['precision']} | {row['input']} | {row['batch']} | "
+            f"{_fmt(lat['p50_ms'])} | {_fmt(lat['iqr_ms'])} | {_p99(lat)} | "
+            f"{_fmt(lat['throughput_ips'], 1)} | {_ratio(row.get('speedup_vs_torch'))} | "
+            f"{_fmt(e2e['p50_ms']) if e2e else '-'} | {_fmt(host['p50_ms']) if host else '-'} | "
+            f"{_ratio(row.get('e2e_ratio'), 'x')} |"
+        )
+    lines.append("")
+    lines.append("\\* fewer than 100 timed calls: that p99 is little more than the slowest call.")
+    lines.append("")
+    for headline in data.get("headlines", []):
+        lines.append(f"- {headline}")
+    if data.get("skipped"):
+        lines += ["", "Not measured here:"]
+        for row in data["skipped"]:
+            what = " ".join(str(row[k]) for k in ("model", "backend", "precision") if row.get(k))
+            lines.append(f"- {what}: {row['reason']}")
+    lines += [
+        "",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in sorted(data.get('versions', {}).items()))}.",
+        f"Measured {data.get('created')} in {data.get('elapsed_s', 0):.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _p99(lat: Dict[str, Any]) -> str:
+    """p99 with a star when fewer than 100 calls were timed (then it is little more than the maximum)."""
+    return _fmt(lat["p99_ms"]) + ("" if lat["n"] >= 100 else "*")
+
+
+def _ratio(value: Optional[float], suffix: str = "x") -> str:
+    return "-" if value is None else f"{value:.2f}{suffix}"
+
+
+def _gpu_line(machine: Dict[str, Any]) -> str:
+    gpus = machine.get("gpus") or []
+    if gpus:
+        first = gpus[0]
+        return f"{first.get('name')} (driver {first.get('driver')})"
+    if machine.get("jetson"):
+        jetson = machine["jetson"]
+        return (
+            f"{jetson.get('module')} JetPack {jetson.get('jetpack')}, power mode {jetson.get('power_mode')}, "
+            f"jetson_clocks {jetson.get('jetson_clocks')}"
+        )
+    return "none"
+
+
+def bench_plot(data: Dict[str, Any], path: Path) -> Optional[Path]:
+    """A grouped bar chart of p50 latency (with IQR error bars) per model and configuration."""
+    rows = [r for r in data["results"] if r.get("status") == "ok"]
+    if not rows:
+        return None
+    plt = _pyplot()
+    labels = [f"{r['model']} b{r['batch']}" for r in rows]
+    groups = sorted({label for label in labels}, key=labels.index)
+    configs = sorted({f"{r['backend']} {r['precision']}" for r in rows})
+    fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(groups) + 2), 4.5))
+    width = 0.8 / max(1, len(configs))
+    for offset, config in enumerate(configs):
+        xs, ys, low, high = [], [], [], []
+        for row, label in zip(rows, labels):
+            if f"{row['backend']} {row['precision']}" == config:
+                lat, batch = row["latency"], row["batch"]
+                p50 = lat["p50_ms"]
+                # Quartiles where recorded; older files only have the IQR (drawn centred, floored above 0).
+                p25 = lat.get("p25_ms", max(p50 - lat["iqr_ms"] / 2, p50 * 0.05))
+                p75 = lat.get("p75_ms", p50 + lat["iqr_ms"] / 2)
+                xs.append(groups.index(label) + offset * width)
+                ys.append(p50 / batch)
+                low.append((p50 - p25) / batch)
+                high.append((p75 - p50) / batch)
+        ax.bar(xs, ys, width=width, yerr=[low, high], capsize=2, label=config)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
+    ax.set_xticklabels(groups, rotation=30, ha="right")
+    ax.set_yscale("log")  # torch eager and INT8 differ by orders of magnitude
+    ax.set_ylabel("p50 ms per image (bars: p25..p75), log scale")
+    ax.set_title(f"edgexfer bench: {data.get('machine_name', '')}")
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))

@@ -1,0 +1,308 @@
+"""``edgexfer verify`` end to end on CPU: a trained run, real ONNX exports, real ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgexfer.fsutil import sha256_file
+from edgexfer.manifest import Manifest
+
+
+@pytest.fixture(scope="module")
+def built_template(trained_run, tmp_path_factory) -> Path:
+    """The trained run exported by the real export stage (float, uint8-input, INT8 for the CPU) and built
+    by the real build stage for ONNX Runtime fp32 and int8. Read-only: tests use ``built_run``."""
+    import shutil
+
+    from edgexfer.stages.build import BuildConfig, run_build
+    from edgexfer.stages.export import ExportConfig, run_export
+
+    run = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("verify") / "run"))
+    run_export(
+        ExportConfig(
+            run_dir=run,
+            int8=True,
+            target="cpu",
+            uint8_input=True,
+            calib_size=48,
+            calib_method="minmax",
+            eval_size=48,
+            progress=False,
+        )
+    )
+    for precision in ("fp32", "int8"):
+        run_build(BuildConfig(run_dir=run, backend="onnxruntime", precision=precision, progress=False))
+    return run
+
+
+@pytest.fixture
+def built_run(built_template: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of ``built_template``."""
+    import shutil
+
+    return Path(shutil.copytree(built_template, tmp_path / "run"))
+
+
+def _build_from(run: Path, source: str, backend: str, smoke: bool = True) -> str:
+    """Build ``source`` through the real build stage; returns the manifest name."""
+    from edgexfer.stages.build import BuildConfig, run_build
+
+    return run_build(
+        BuildConfig(
+            run_dir=run, backend=backend, precision="fp32", source=source, smoke=smoke, progress=False
+        )
+    ).name
+
+
+def _add_damaged_artifact(run: Path) -> str:
+    """An artifact made (by the export stage's own exporter) from a damaged copy of the model whose head
+    always favours class 'blue'; built for OpenVINO so it sits next to the good ONNX Runtime ones."""
+    import torch
+
+    from edgexfer.checkpoint import load_checkpoint
+    from edgexfer.stages.export import DEFAULT_OPSET, export_float
+
+    pytest.importorskip("openvino")
+    model, meta = load_checkpoint(run / "finetune" / "best.pt")
+    with torch.no_grad():
+        model.fc.bias[meta.class_names.index("blue")] += 1e4
+    path = run / "export" / "model_damaged.onnx"
+    export_float(model, meta, path, DEFAULT_OPSET)
+    with Manifest.update(run) as manifest:
+        manifest.add_artifact("onnx_damaged", path, kind="onnx", stage="export", inputs=["checkpoint"])
+    return _build_from(run, "onnx_damaged", "openvino", smoke=False)
+
+
+FAST = ["--bootstrap", "300", "--latency-batch", "2"]
+
+
+def test_verify_passes_and_writes_documented_outputs(built_run, cli_runner):
+    code, out, err = cli_runner(
+        "-q", "verify", str(built_run), "--max-drop", "0.5", "--min-agreement", "99", *FAST
+    )
+    assert code == 0, err
+    assert "onnxruntime_fp32" in out and "PASSED" in out
+    assert "next: " in out
+    data = json.loads((built_run / "verify" / "verify.json").read_text())
+    assert data["schema_version"] == 1 and data["kind"] == "edgexfer-verify"
+    assert data["dataset"]["source"] == "run validation split"
+    assert data["dataset"]["num_images"] == 48 and data["dataset"]["class_counts"] == [16, 16, 16]
+    assert data["reference"]["top1"] >= 95.0
+    entries = {e["name"]: e for e in data["artifacts"]}
+    assert sorted(entries) == ["onnxruntime_fp32", "onnxruntime_int8"]
+    entry = entries["onnxruntime_fp32"]
+    assert entry["status"] == "passed" and entry["gate"] == {"passed": True, "reasons": []}
+    # The same float model in ONNX Runtime: identical predictions, near-identical logits.
+    assert entry["accuracy"]["top1"] == pytest.approx(data["reference"]["top1"])
+    assert entry["accuracy"]["top1_drop"] == 0.0 and entry["accuracy"]["top1_drop_ci"] == [0.0, 0.0]
+    assert entry["agreement"]["agreement_pct"] == 100.0 and entry["agreement"]["flips"] == 0
+    assert entry["mcnemar"]["p_value"] == 1.0
+    assert entry["logits"]["cosine_min"] > 0.99999
+    assert entry["logits"]["snr_db"] is None or entry["logits"]["snr_db"] > 60
+    assert entry["input"] == {"dtype": "float32", "layout": "NCHW"}
+    # The real INT8 QDQ model of a well-trained run on easy images keeps its accuracy.
+    int8 = entries["onnxruntime_int8"]
+    assert int8["status"] == "passed" and int8["precision"] == "int8"
+    assert int8["accuracy"]["top1_drop"] <= 0.5 and int8["agreement"]["agreement_pct"] >= 99
+    assert 0.95 < int8["logits"]["cosine_mean"] < 1.0 and 10 < int8["logits"]["snr_db"] < 80
+    lat = entry["latency"]
+    assert lat["batch_size"] == 2 and lat["n"] >= 30
+    assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    # Outputs are recorded in the manifest with their hashes, made from the verified artifact.
+    manifest = Manifest.open(built_run)
+    for name, file in (
+        ("verify_json", "verify.json"),
+        ("verify_report", "report.md"),
+        ("verify_latency", "latency.png"),
+        ("verify_per_class_delta", "per_class_delta.png"),
+    ):
+        record = manifest.get(name)
+        assert record.sha256 == sha256_file(built_run / "verify" / file)
+        assert set(record.inputs) == {"checkpoint", "onnxruntime_fp32", "onnxruntime_int8"}
+    assert manifest.get("onnxruntime_fp32").metrics["verify_status"] == "passed"
+    assert manifest.stage("verify")["status"] == "done"
+    assert "**Verdict: PASSED**" in (built_run / "verify" / "report.md").read_text()
+
+
+def test_verify_gate_fails_with_exit_3_and_names_the_artifact(built_run, cli_runner):
+    name = _add_damaged_artifact(built_run)
+    assert name == "openvino_fp32"
+    code, out, err = cli_runner("-q", "verify", str(built_run), "--max-drop", "1", "--no-latency", *FAST)
+    assert code == 3, err
+    assert "parity gate failed for 'openvino_fp32'" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    data = json.loads((built_run / "verify" / "verify.json").read_text())
+    entries = {e["name"]: e for e in data["artifacts"]}
+    assert entries["onnxruntime_fp32"]["status"] == entries["onnxruntime_int8"]["status"] == "passed"
+    damaged = entries["openvino_fp32"]
+    assert damaged["status"] == "failed"
+    # Every image is now 'blue': red and green (32 of 48) are lost, blue stays right.
+    ref_top1 = data["reference"]["top1"]
+    assert damaged["accuracy"]["top1"] == pytest.approx(100 / 3)
+    assert damaged["accuracy"]["top1_drop"] == pytest.approx(ref_top1 - 100 / 3)
+    low, high = damaged["accuracy"]["top1_drop_ci"]
+    assert 40 < low < damaged["accuracy"]["top1_drop"] < high <= 100
+    assert damaged["mcnemar"]["only_other"] == 0 and damaged["mcnemar"]["p_value"] < 1e-6
+    blue = data["dataset"]["class_names"].index("blue")
+    per_class = damaged["per_class"]
+    assert per_class["delta"][blue] == pytest.approx(100.0 - data["reference"]["per_class_accuracy"][blue])
+    assert [a for i, a in enumerate(per_class["accuracy"]) if i != blue] == [0.0, 0.0]
+    assert per_class["accuracy"][blue] == 100.0
+    assert damaged["gate"]["reasons"][0].startswith("top-1 drop ")
+    assert data["gate"]["failures"][0]["artifact"] == "openvino_fp32"
+    report = (built_run / "verify" / "report.md").read_text()
+    assert "**Verdict: FAILED**" in report and "- FAIL `openvino_fp32`: top-1 drop" in report
+
+
+def test_verify_nothing_built_is_one_clear_line(trained_run_copy, cli_runner):
+    code, out, err = cli_runner("-q", "verify", str(trained_run_copy))
+    assert code == 2
+    assert err.strip() == (
+        f"edgexfer: error: run '{trained_run_copy}' has no built artifacts; build one first, "
+        f"e.g. 'edgexfer build {trained_run_copy} --backend onnxruntime --precision int8'"
+    )
+
+
+def test_verify_data_with_other_classes_is_refused(built_run, tmp_path, cli_runner):
+    from conftest import make_image_folder
+
+    data = make_image_folder(
+        tmp_path / "other",
+        per_class=2,
+        classes={"red": (200, 40, 40), "green": (40, 190, 60), "purple": (150, 40, 150)},
+    )
+    code, out, err = cli_runner("-q", "verify", str(built_run), "--data", str(data))
+    assert code == 2
+    assert "do not match the model's (not in the model: purple; missing: blue)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_verify_unloadable_artifact_still_reports_the_others(built_run, cli_runner):
+    # A truncated copy, recorded as if the build had written it: the hash check passes, loading fails.
+    path = Manifest.open(built_run).path_of("onnxruntime_fp32")
+    path.write_bytes(path.read_bytes()[:2000])
+    with Manifest.update(built_run) as manifest:
+        record = manifest.get("onnxruntime_fp32")
+        manifest.add_artifact(
+            "onnxruntime_fp32",
+            path,
+            kind=record.kind,
+            stage="build",
+            inputs=["onnx"],
+            config=record.config,
+            extra=record.extra,
+        )
+    code, out, err = cli_runner("-q", "verify", str(built_run), "--no-latency", *FAST)
+    assert code == 2
+    assert err.startswith("edgexfer: error: artifact 'onnxruntime_fp32' could not be verified: ")
+    assert len(err.strip().splitlines()) == 1
+    data = json.loads((built_run / "verify" / "verify.json").read_text())
+    entries = {e["name"]: e for e in data["artifacts"]}
+    assert entries["onnxruntime_fp32"]["status"] == "error" and entries["onnxruntime_fp32"]["error"]
+    assert entries["onnxruntime_int8"]["status"] == "passed"
+    assert data["gate"]["errors"][0]["artifact"] == "onnxruntime_fp32"
+    assert "- ERROR `onnxruntime_fp32`" in (built_run / "verify" / "report.md").read_text()
+
+
+def test_verify_uint8_input_artifact_external_data_and_limit(built_run, tmp_path, cli_runner):
+    from conftest import make_image_folder
+
+    pytest.importorskip("openvino")
+    assert _build_from(built_run, "onnx_uint8", "openvino") == "openvino_fp32"
+
+    data = make_image_folder(
+        tmp_path / "extra",
+        per_class=5,
+        size=40,
+        seed=9,
+        classes={"blue": (40, 60, 200), "red": (200, 40, 40), "green": (40, 190, 60)},
+    )
+    out_dir = tmp_path / "out"
+    code, out, err = cli_runner(
+        "-q",
+        "verify",
+        str(built_run),
+        "--data",
+        str(data),
+        "--limit",
+        "9",
+        "--no-plots",
+        "--no-latency",
+        "--out",
+        str(out_dir),
+        "--backends",
+        "openvino",
+        *FAST,
+    )
+    assert code == 0, err
+    result = json.loads((out_dir / "verify.json").read_text())
+    assert result["dataset"]["num_images"] == 9 and result["dataset"]["total_images"] == 15
+    assert result["dataset"]["class_names"] == ["blue", "green", "red"]  # the model's order
+    assert result["dataset"]["class_counts"] == [3, 3, 3]  # --limit keeps every class of a sorted set
+    (entry,) = result["artifacts"]
+    assert entry["name"] == "openvino_fp32" and entry["latency"] is None and result["plots"] == []
+    # Fed uint8 NHWC pixels (normalisation inside the model), it matches the float reference.
+    assert entry["input"] == {"dtype": "uint8", "layout": "NHWC"}
+    assert entry["agreement"]["agreement_pct"] == 100.0 and entry["logits"]["cosine_min"] > 0.9999
+    # --out outside the run: nothing is recorded in the run's manifest.
+    assert not Manifest.open(built_run).has("verify_json")
+
+
+def test_verify_skips_an_engine_this_machine_cannot_run(built_run, cli_runner):
+    from edgexfer.backends.base import get_backend
+
+    ok, _ = get_backend("tensorrt").availability()
+    if ok:
+        pytest.skip("TensorRT is usable here; this test is about machines without it")
+    # An engine built on another machine (a Jetson) and copied here with the run directory.
+    engine = built_run / "build" / "tensorrt_fp16.engine"
+    engine.write_bytes(b"serialized engine from another machine")
+    with Manifest.update(built_run) as manifest:
+        manifest.add_artifact(
+            "tensorrt_fp16",
+            engine,
+            kind="tensorrt-engine",
+            stage="build",
+            inputs=["onnx"],
+            extra={"backend": "tensorrt", "precision": "fp16"},
+        )
+    code, out, err = cli_runner("-q", "verify", str(built_run), "--no-latency", *FAST)
+    assert code == 0, err
+    data = json.loads((built_run / "verify" / "verify.json").read_text())
+    entries = {e["name"]: e for e in data["artifacts"]}
+    assert entries["tensorrt_fp16"]["status"] == "skipped" and "tensorrt" in entries["tensorrt_fp16"]["error"]
+    assert data["summary"] == {"passed": 2, "failed": 0, "error": 0, "skipped": 1}
+    # Asked for explicitly, an unavailable backend is exit 4 with one line.
+    code, out, err = cli_runner(
+        "-q", "verify", str(built_run), "--backends", "tensorrt", "--no-latency", *FAST
+    )
+    assert code == 4 and err.startswith("edgexfer: error: backend 'tensorrt' is not usable here")
+
+
+def test_verify_an_exported_int8_model_directly(built_run, cli_runner):
+    code, out, err = cli_runner(
+        "-q",
+        "verify",
+        str(built_run),
+        "--artifact",
+        "onnx_int8_cpu",
+        "--max-drop",
+        "1",
+        "--no-latency",
+        *FAST,
+    )
+    assert code == 0, err
+    data = json.loads((built_run / "verify" / "verify.json").read_text())
+    (entry,) = data["artifacts"]
+    assert (entry["name"], entry["backend"], entry["precision"], entry["status"]) == (
+        "onnx_int8_cpu",
+        "onnxruntime",
+        "int8",
+        "passed",
+    )
+    assert entry["agreement"]["agreement_pct"] >= 99
+    code, out, err = cli_runner("-q", "verify", str(built_run), "--artifact", "checkpoint")
+    assert code == 2 and "is a checkpoint from the finetune stage, not a model verify can run;" in err

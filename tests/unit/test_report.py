@@ -1,0 +1,159 @@
+"""edgexfer.report: Markdown tables and PNG plots rendered from verify/bench JSON dicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgexfer import metrics, report
+
+
+def _latency(p50: float, batch: int = 1):
+    return metrics.latency_stats(np.linspace(p50 * 0.9, p50 * 1.1, 21) / 1000.0, batch)
+
+
+def _verify_data():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 10)
+    ref = np.eye(3)[labels] * 4 + rng.normal(0, 1, (30, 3))
+    other = ref.copy()
+    other[:4] = np.eye(3)[(labels[:4] + 1) % 3] * 9  # 4 images of class 0 flipped to class 1
+    from edgexfer.stages.verify import VerifyConfig, compare, gate
+
+    config = VerifyConfig(run_dir=Path("run"), max_drop=1.0, bootstrap_resamples=200)
+    entry = {
+        "name": "onnxruntime_int8",
+        "backend": "onnxruntime",
+        "precision": "int8",
+        "error": None,
+        **compare(ref, other, labels, 3, config),
+    }
+    entry["latency"] = _latency(5.0)
+    reasons = gate(entry, config)
+    entry.update(status="failed" if reasons else "passed", gate={"passed": not reasons, "reasons": reasons})
+    broken = {
+        "name": "openvino_int8",
+        "backend": "openvino",
+        "precision": "int8",
+        "status": "error",
+        "error": "cannot read model",
+    }
+    return {
+        "checkpoint": {"arch": "resnet18"},
+        "run_dir": "run",
+        "config": {"confidence": 0.95},
+        "dataset": {
+            "source": "val",
+            "num_images": 30,
+            "class_names": ["a", "b", "c"],
+            "class_counts": [10, 10, 10],
+        },
+        "reference": {
+            "top1": metrics.topk_accuracy(ref, labels),
+            "top5": 100.0,
+            "top5_k": 3,
+            "per_class_accuracy": [100.0, 100.0, 100.0],
+            "latency": _latency(20.0),
+        },
+        "artifacts": [entry, broken],
+        "gate": {
+            "max_drop": 1.0,
+            "min_agreement": None,
+            "passed": False,
+            "failures": [{"artifact": entry["name"], "reason": r} for r in reasons],
+            "errors": [{"artifact": "openvino_int8", "reason": "cannot read model"}],
+        },
+        "machine": {"cpu": "test cpu", "physical_cores": 2},
+    }, entry
+
+
+def test_verify_markdown_reports_failure_drop_and_per_class_delta():
+    data, entry = _verify_data()
+    assert entry["accuracy"]["top1_drop"] == pytest.approx(100 * 4 / 30)
+    assert entry["status"] == "failed"
+    text = report.verify_markdown(data)
+    assert "**Verdict: FAILED** (top-1 drop <= 1 pts)" in text
+    assert "- FAIL `onnxruntime_int8`: top-1 drop 13.33 pts > --max-drop 1" in text
+    assert "- ERROR `openvino_int8`: cannot read model" in text
+    row = next(line for line in text.splitlines() if line.startswith("| `onnxruntime_int8` | FAIL"))
+    assert "| 86.67 | +13.33 (" in row
+    # Class a lost 4 of its 10 images: -40 points; b and c unchanged.
+    assert "| a | 10 | 100.0 | -40.0 |" in text
+    assert "| b | 10 | 100.0 | +0.0 |" in text
+    assert "| torch fp32 (reference) | 1 | 20.00 |" in text
+
+
+def test_verify_plots_are_real_pngs(tmp_path):
+    from PIL import Image
+
+    data, _ = _verify_data()
+    paths = report.verify_plots(data, tmp_path)
+    assert [p.name for p in paths] == ["latency.png", "per_class_delta.png"]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as image:
+            assert image.width > 300 and image.height > 150
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latency.png", "per_class_delta.png"]
+
+
+def test_bench_markdown_and_plot(tmp_path):
+    rows = [
+        {
+            "model": "resnet18",
+            "backend": "torch",
+            "precision": "fp32",
+            "input": "float32 NCHW",
+            "batch": 1,
+            "status": "ok",
+            "latency": _latency(27.0),
+            "speedup_vs_torch": 1.0,
+        },
+        {
+            "model": "resnet18",
+            "backend": "onnxruntime",
+            "precision": "int8",
+            "input": "uint8 NCHW",
+            "batch": 1,
+            "status": "ok",
+            "latency": _latency(6.0),
+            "speedup_vs_torch": 4.5,
+            "e2e": _latency(7.2),
+            "host": _latency(1.1),
+            "e2e_ratio": 1.2,
+        },
+        {
+            "model": "resnet18",
+            "backend": "openvino",
+            "precision": "int8",
+            "batch": 0,
+            "status": "error",
+            "error": "boom",
+        },
+    ]
+    data = {
+        "machine_name": "test-2c",
+        "machine": {"cpu": "cpu", "physical_cores": 2, "cpu_features": ["avx2"]},
+        "threads": 2,
+        "weights_note": "random",
+        "results": rows,
+        "headlines": ["h1"],
+        "versions": {"x": "1"},
+        "created": "now",
+        "elapsed_s": 3.0,
+        "skipped": [
+            {"backend": "tensorrt", "reason": "not installed"},
+            {"model": "resnet18", "backend": "onnxruntime", "precision": "fp16", "reason": "no GPU"},
+        ],
+    }
+    text = report.bench_markdown(data)
+    assert "| resnet18 | onnxruntime | int8 | uint8 NCHW | 1 | 6.00 |" in text
+    assert "| 4.50x | 7.20 | 1.10 | 1.20x |" in text
+    # 21 timed calls: the p99 is starred as unreliable (linspace 5.4..6.6: IQR 0.6, p99 6.588).
+    assert "| 6.00 | 0.60 | 6.59* |" in text
+    assert "| resnet18 | openvino | int8 | - | 0 | error: boom |" in text
+    assert "- h1" in text
+    assert "Not measured here:\n- tensorrt: not installed\n- resnet18 onnxruntime fp16: no GPU" in text
+    path = report.bench_plot(data, tmp_path / "chart.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
