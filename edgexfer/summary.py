@@ -27,10 +27,19 @@ def finetune_rows(runs: Mapping[str, Path]) -> List[Dict[str, Any]]:
         metrics = record.get("metrics", {})
         if "best_val_top1" not in metrics:
             continue
-        rows.append({"run": name, "model": metrics.get("model"), "weights": metrics.get("weights"),
+        # finetune records top-1 as a fraction; the summary speaks in percent like verify does
+        rows.append({"run": name, "model": metrics.get("model"), "weights": _weights_label(metrics.get("weights")),
                      "classes": len(metrics.get("class_names", [])), "epochs": metrics.get("epochs_run"),
-                     "val_top1": metrics.get("best_val_top1")})
+                     "val_top1": 100.0 * float(metrics["best_val_top1"])})
     return rows
+
+
+def _weights_label(weights: Optional[str]) -> str:
+    """'edgexfer:/x/runs/source/finetune/best.pt#sha256=ab12' -> "run 'source' (ab12)"; others unchanged."""
+    if not weights or not str(weights).startswith("edgexfer:"):
+        return str(weights)
+    path, _, digest = str(weights)[len("edgexfer:"):].partition("#sha256=")
+    return f"run '{Path(path).parent.parent.name}' ({digest[:8]})" if digest else f"run '{Path(path).parent.parent.name}'"
 
 
 def load_verify(run_dir: Path) -> Optional[Dict[str, Any]]:

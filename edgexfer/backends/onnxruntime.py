@@ -73,6 +73,10 @@ def session_options(
     """
     from edgexfer.hardware import physical_cores
 
+    # ONNX Runtime takes a negative thread count without complaint; say so instead of guessing.
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+        raise ConfigError(f"--threads must be a whole number >= 1 (or left out for the physical cores), "
+                          f"got {threads!r}")
     ort = _ort()
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads or physical_cores())
@@ -167,11 +171,10 @@ class OnnxRuntimeRunner(Runner):
             cache_dir=self.model_path.parent,
             precision=self.precision,
         )
+        options = session_options(self.threads, self.level, spin=self.spin)  # a bad option is not a bad model
         try:
             self.session = ort.InferenceSession(
-                str(self.model_path),
-                sess_options=session_options(self.threads, self.level, spin=self.spin),
-                providers=providers,
+                str(self.model_path), sess_options=options, providers=providers
             )
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
             raise ArtifactError(

@@ -33,10 +33,12 @@ def _finish(result: Any, started: float, transfer: Optional[str] = None, baselin
     summary_path = result.out / "summary.md"
     atomic_write_text(summary_path, text)
     ran = sum(s.action == "run" for s in result.steps)
+    unchanged = sum(s.action == "skip" and s.reason == "inputs unchanged" for s in result.steps)
+    unavailable = len(result.steps) - ran - unchanged
     click.echo("")
     click.echo(text)
-    click.echo(f"pipeline done in {time.perf_counter() - started:.0f} s: {ran} steps ran, "
-               f"{len(result.steps) - ran} skipped (inputs unchanged)")
+    click.echo(f"pipeline done in {time.perf_counter() - started:.0f} s: {ran} steps ran, {unchanged} skipped "
+               f"(inputs unchanged), {unavailable} skipped (backend not available here)")
     click.echo(f"outputs: {result.out} (summary: {summary_path}; per run: manifest.json, verify/report.md)")
 
 

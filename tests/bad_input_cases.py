@@ -1,0 +1,610 @@
+"""Bad inputs tried on purpose, defined once for the tests (tests/integration/test_bad_input.py, in-process)
+and the matrix (benchmarks/bad_input_matrix.py, real ``python -m edgexfer`` processes).
+
+A :class:`Case` builds its argv inside a fresh :class:`Workspace` and says what a correct outcome is:
+
+- ``error``: exit ``code`` (2 bad input, 4 backend unavailable), exactly one non-empty stderr line,
+  starting with ``edgexfer: error:``, no traceback;
+- ``usage``: click's option-parsing error (exit 2, ``Usage:`` + ``Error: ...``), no traceback;
+- ``lenient``: the user asked for leniency (no ``--strict``): exit 0, the skipped files counted in the
+  log and in the manifest;
+- ``accept``: a valid but unusual input (CMYK, palette, 16-bit, alpha, 1x1, unicode path) that must work:
+  exit 0 and the check passes.
+
+:func:`classify` applies those rules; both the tests and the matrix use it, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+ERROR_PREFIX = "edgexfer: error:"
+STAGES = ("finetune", "export", "build", "predict", "verify", "bench", "run", "doctor")
+
+
+# ---- image and file writers ---------------------------------------------------------------------
+def _pixels(size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+
+
+def write_png(path: Path, size: int = 32, seed: int = 0) -> Path:
+    """A valid RGB PNG of random pixels."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_pixels(size, seed)).save(path)
+    return path
+
+
+def write_truncated_png(path: Path, size: int = 48) -> Path:
+    """A PNG cut off in the middle of its image data."""
+    write_png(path, size)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Any bytes under any name (zero-byte images, text files named .jpg)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def write_huge_png_header(path: Path, width: int = 20000, height: int = 20000) -> Path:
+    """A small PNG whose header claims ``width x height`` (400 Mpx): must be refused before decoding."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    # IHDR starts at byte 8: length(4) 'IHDR'(4) width(4) height(4) ... crc(4) over type+data.
+    data[16:24] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF
+    data[29:33] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def write_mode_image(path: Path, mode: str, size: int = 32) -> Path:
+    """A valid image in an unusual PIL mode: CMYK (JPEG), P (palette), I;16 (16-bit), RGBA, LA, 1x1."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(_pixels(size, 3))
+    if mode == "CMYK":
+        rgb.convert("CMYK").save(path, format="JPEG")
+    elif mode == "P":
+        rgb.convert("P", palette=Image.ADAPTIVE, colors=16).save(path)
+    elif mode == "I;16":
+        Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257).save(path)
+    elif mode in ("RGBA", "LA"):
+        rgb.convert(mode).save(path)
+    else:
+        raise ValueError(mode)
+    return path
+
+
+def write_image_folder(
+    root: Path,
+    classes: Sequence[str] = ("red", "green", "blue"),
+    per_class: int = 4,
+    size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """``root/<class>/img_i.png``: a coloured square per class on noise (learnable, tiny)."""
+    from PIL import Image
+
+    colours = [(200, 40, 40), (40, 190, 60), (40, 60, 200), (200, 200, 40), (40, 200, 200)]
+    rng = np.random.default_rng(seed)
+    for index, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, size=(size, size, 3), dtype=np.uint8)
+            pixels[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = colours[index % len(colours)]
+            Image.fromarray(pixels).save(folder / f"img_{i:03d}.png")
+    return root
+
+
+# ---- the workspace each case runs in -------------------------------------------------------------
+def make_base_run(root: Path) -> Path:
+    """A run directory with an untrained resnet18 checkpoint (3 classes, 32x32, from
+    ``tests/conftest.make_run_dir``), its float ONNX export and an ONNX Runtime fp32 build: what the
+    predict/build/verify cases read."""
+    from conftest import make_run_dir
+
+    from edgexfer.stages.build import BuildConfig, run_build
+    from edgexfer.stages.export import ExportConfig, run_export
+
+    run = make_run_dir(root / "base_run")
+    eval_data = write_image_folder(root / "base_eval", per_class=3)
+    run_export(
+        ExportConfig(run_dir=run, eval_data=eval_data, eval_size=9, progress=False, shared_cache=False)
+    )
+    run_build(BuildConfig(run_dir=run, backend="onnxruntime", precision="fp32", smoke=False, progress=False))
+    assert (run / "export" / "model.onnx").is_file() and (run / "build").is_dir()
+    return run
+
+
+@dataclass
+class Workspace:
+    """A fresh folder per case plus a read-only base run (checkpoint + float ONNX)."""
+
+    root: Path
+    base_run: Path
+
+    def run_copy(self) -> Path:
+        """A private, writable copy of the base run (cases that may write into a run use this)."""
+        target = self.root / "run"
+        if not target.exists():
+            shutil.copytree(self.base_run, target)
+        return target
+
+    @property
+    def onnx(self) -> Path:
+        """The base run's float ONNX model (read-only)."""
+        return self.base_run / "export" / "model.onnx"
+
+    def images(
+        self, name: str = "imgs", classes: Sequence[str] = ("red", "green", "blue"), per_class: int = 3
+    ) -> Path:
+        """A good labelled folder under the workspace."""
+        return write_image_folder(self.root / name, classes=classes, per_class=per_class)
+
+    def path(self, *parts: str) -> Path:
+        """A path under the workspace (not created)."""
+        return self.root.joinpath(*parts)
+
+    def yaml(self, text: str, name: str = "pipeline.yaml") -> Path:
+        """A pipeline file with ``text``; ``{out}``/``{data}``: the workspace's out and image folders."""
+        path = self.root / name
+        data = self.images("ydata", per_class=3) if "{data}" in text else None
+        path.write_text(
+            text.replace("{out}", str(self.root / "pipe_out")).replace("{data}", str(data)), encoding="utf-8"
+        )
+        return path
+
+
+Check = Callable[[Workspace, str, str], Optional[str]]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input for one stage's CLI: ``make(ws)`` returns the argv after ``edgexfer -q``."""
+
+    stage: str
+    name: str
+    make: Callable[[Workspace], List[str]]
+    expect: str = "error"  # error | usage | lenient | accept
+    code: int = 2
+    check: Optional[Check] = None
+    slow: bool = False
+    mentions: Tuple[str, ...] = field(default_factory=tuple)  # words the one line must contain
+    log_lines_ok: bool = False  # log warnings / step lines may precede the error line (still no traceback)
+
+    @property
+    def id(self) -> str:
+        """``stage/name``, the pytest id and matrix row key."""
+        return f"{self.stage}/{self.name}"
+
+
+def classify(case: Case, ws: Workspace, code: int, stdout: str, stderr: str) -> Tuple[bool, str]:
+    """(correct?, why): the rules in the module docstring, shared by tests and matrix."""
+    if "Traceback" in stderr or "Traceback" in stdout:
+        return False, "traceback shown"
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if case.expect == "error":
+        if code != case.code:
+            return False, f"exit {code}, expected {case.code}: {lines[-1] if lines else '(no stderr)'}"
+        if not lines:
+            return False, "nothing on stderr"
+        if len(lines) != 1 and not case.log_lines_ok:
+            return False, f"{len(lines)} stderr lines, expected 1: {lines[:4]}"
+        error_lines = [line for line in lines if line.startswith(ERROR_PREFIX)]
+        if len(error_lines) != 1 or not lines[-1].startswith(ERROR_PREFIX):
+            return False, f"expected one last stderr line starting with '{ERROR_PREFIX}': {lines[-3:]}"
+        missing = [w for w in case.mentions if w.lower() not in lines[-1].lower()]
+        if missing:
+            return False, f"error line does not mention {missing}: {lines[-1]}"
+        return True, lines[-1]
+    if case.expect == "usage":
+        if code != 2:
+            return False, f"exit {code}, expected 2 (usage error)"
+        if not lines or not lines[0].startswith("Usage:") or not any(l.startswith("Error:") for l in lines):
+            return False, f"not click's usage error format: {lines[:4]}"
+        return True, next(line for line in lines if line.startswith("Error:"))
+    if code != 0:
+        return False, f"exit {code}, expected 0: {lines[-1] if lines else '(no stderr)'}"
+    problem = case.check(ws, stdout, stderr) if case.check else None
+    return (problem is None), (problem or ("skips counted" if case.expect == "lenient" else "handled"))
+
+
+# ---- helpers for case definitions ---------------------------------------------------------------
+# An argv token is a string or a function of the workspace that returns one (made when the case runs).
+Token = Union[str, Callable[[Workspace], str]]
+
+
+def argv(*tokens: Token) -> Callable[[Workspace], List[str]]:
+    """A case's ``make``: the tokens, with workspace functions called in order."""
+    return lambda ws: [t(ws) if callable(t) else t for t in tokens]
+
+
+def run_copy(ws: Workspace) -> str:
+    """A writable copy of the base run."""
+    return str(ws.run_copy())
+
+
+def base(ws: Workspace) -> str:
+    """The read-only base run itself."""
+    return str(ws.base_run)
+
+
+def onnx(ws: Workspace) -> str:
+    """The base run's float ONNX model."""
+    return str(ws.onnx)
+
+
+def at(*parts: str) -> Token:
+    """A path under the workspace that does not exist."""
+    return lambda ws: str(ws.path(*parts))
+
+
+def empty_dir(*parts: str) -> Token:
+    """An empty folder under the workspace."""
+    return lambda ws: str(_mkdir(ws.path(*parts)))
+
+
+def imgs(name: str = "imgs", classes: Sequence[str] = ("red", "green", "blue"), per_class: int = 3) -> Token:
+    """A good labelled image folder under the workspace."""
+    return lambda ws: str(ws.images(name, classes=classes, per_class=per_class))
+
+
+def file(name: str, writer: Callable[[Path], Path], up: int = 0) -> Token:
+    """A file written by ``writer``; ``up`` > 0 gives its parent folder (1) or grandparent (2) instead."""
+    def make(ws: Workspace) -> str:
+        path = writer(ws.path(*name.split("/")))
+        return str(path.parents[up - 1] if up else path)
+
+    return make
+
+
+def raw(data: bytes) -> Callable[[Path], Path]:
+    """A writer of exactly ``data``."""
+    return lambda path: write_bytes(path, data)
+
+
+def mode(image_mode: str) -> Callable[[Path], Path]:
+    """A writer of a valid image in an unusual PIL mode."""
+    return lambda path: write_mode_image(path, image_mode)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def finetune(data: Token, *extra: Token, out: Optional[Token] = None) -> Callable[[Workspace], List[str]]:
+    """A tiny finetune command line (resnet18, random init, 32 px, 1 epoch) on ``data``, into ``out``."""
+    out = out if out is not None else at("out")
+    return argv("finetune", "--model", "resnet18", "--weights", "none", "--data", data, "--size", "32",
+                "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress", "--out", out, *extra)
+
+
+def bench(*options: str) -> Callable[[Workspace], List[str]]:
+    """A bench command line with its work and output folders in the workspace."""
+    return argv("bench", *options, "--work-dir", at("w"), "--out", at("o"))
+
+
+def pipeline(text: str) -> Callable[[Workspace], List[str]]:
+    """``run FILE --dry-run`` (so a wrongly accepted file cannot start training)."""
+    return lambda ws: ["run", str(ws.yaml(text)), "--dry-run"]
+
+
+_FT = "out: '{out}'\nruns:\n  main:\n    finetune: {model: resnet18, weights: W, data: '{data}', OPTS}\n"
+
+
+def ft_pipeline(opts: str, weights: str = "none") -> Callable[[Workspace], List[str]]:
+    """A one-run pipeline whose finetune stage has ``opts`` (valid otherwise)."""
+    return pipeline(_FT.replace("OPTS", opts).replace("W", weights))
+
+
+CORRUPT_FILES: Dict[str, Callable[[Path], Path]] = {
+    "red/zero.jpg": raw(b""),
+    "green/truncated.png": write_truncated_png,
+    "blue/notes.jpg": raw(b"these are my notes, not a JPEG\n"),
+}
+
+
+def folder_with(
+    bad: Dict[str, Callable[[Path], Path]], name: str = "data", extra_dirs: Sequence[str] = ()
+) -> Token:
+    """A good 3-class folder plus bad files ``{relative path: writer}`` and empty sub-folders."""
+    def make(ws: Workspace) -> str:
+        root = ws.images(name, per_class=4)
+        for relative, writer in bad.items():
+            writer(root / relative)
+        for folder in extra_dirs:
+            _mkdir(root / folder)
+        return str(root)
+
+    return make
+
+
+def train_val_differ(ws: Workspace) -> str:
+    """``train/`` with red, green, blue and ``val/`` with only cat, dog."""
+    root = ws.path("tv")
+    write_image_folder(root / "train", per_class=3)
+    write_image_folder(root / "val", classes=("cat", "dog"), per_class=2)
+    return str(root)
+
+
+# ---- checks of the cases that must succeed ------------------------------------------------------
+def check_skips(ws: Workspace, stdout: str, stderr: str) -> Optional[str]:
+    """The 3 corrupt files are counted in the log and in the manifest's finetune record."""
+    expected = len(CORRUPT_FILES)
+    if f"skipped {expected} unusable file(s)" not in stderr:
+        return f"log does not count {expected} skipped files: {stderr.strip().splitlines()[-3:]}"
+    manifest = json.loads((ws.path("run ü ñ", "out") / "manifest.json").read_text(encoding="utf-8"))
+    metrics = manifest.get("stages", {}).get("finetune", {}).get("metrics", {})
+    if metrics.get("skipped_files") != expected:
+        return f"manifest finetune metrics skipped_files={metrics.get('skipped_files')}, expected {expected}"
+    return None
+
+
+def check_predictions(count: int) -> Check:
+    """``predict --json`` printed ``count`` predictions, each a 3-class distribution summing to 1."""
+    def check(ws: Workspace, stdout: str, stderr: str) -> Optional[str]:
+        try:
+            predictions = json.loads(stdout).get("predictions", [])
+        except ValueError:
+            return f"stdout is not JSON: {stdout[:200]}"
+        if len(predictions) != count:
+            return f"{len(predictions)} predictions, expected {count}"
+        for item in predictions:
+            scores = [t["score"] for t in item["top"]]
+            if len(scores) != 3 or abs(sum(scores) - 1.0) > 1e-4:
+                return f"bad top-k for {item['image']}: {scores}"
+        return None
+
+    return check
+
+
+def check_dry_run(ws: Workspace, stdout: str, stderr: str) -> Optional[str]:
+    """The control pipeline is valid: a dry run plans its one finetune step and trains nothing."""
+    if "dry run: 1 of 1 steps would run" not in stdout:
+        return f"dry run did not plan 1 step: {stdout.strip()[-200:]}"
+    if ws.path("pipe_out", "main", "finetune").exists():
+        return "a dry run wrote a finetune folder"
+    return None
+
+
+def check_doctor_json(ws: Workspace, stdout: str, stderr: str) -> Optional[str]:
+    """``doctor --json`` prints one JSON document that names the ONNX Runtime it found."""
+    try:
+        report = json.loads(stdout)
+    except ValueError:
+        return f"stdout is not JSON: {stdout[:200]}"
+    return None if "onnxruntime" in json.dumps(report) else "doctor report does not mention onnxruntime"
+
+
+UNUSUAL_IMAGES = {
+    "cmyk.jpg": mode("CMYK"), "palette.png": mode("P"), "gray16.png": mode("I;16"), "rgba.png": mode("RGBA"),
+    "la.png": mode("LA"), "tiny 1x1.png": lambda p: write_png(p, size=1),
+    "ünïcødé ímage.png": lambda p: write_png(p, size=300),
+}
+
+
+# ---- the cases, one table per stage --------------------------------------------------------------
+# fmt: off
+def _finetune_cases() -> List[Case]:
+    return [
+        Case("finetune", "data_missing", finetune(at("nope")), mentions=("nope",)),
+        Case("finetune", "data_is_a_file", finetune(file("one.png", write_png))),
+        Case("finetune", "data_no_class_folders", finetune(empty_dir("empty"))),
+        Case("finetune", "empty_class_folder", finetune(folder_with({}, extra_dirs=("yellow",))),
+             mentions=("yellow",)),
+        Case("finetune", "single_class", finetune(imgs("one", classes=("red",), per_class=6))),
+        Case("finetune", "class_of_text_files_named_jpg",
+             finetune(folder_with({f"cats/{i}.jpg": raw(b"text") for i in range(3)})), mentions=("cats",)),
+        Case("finetune", "corrupt_files_strict", finetune(folder_with(CORRUPT_FILES), "--strict"),
+             mentions=("--strict",)),
+        Case("finetune", "corrupt_files_lenient_unicode_path",
+             finetune(folder_with(CORRUPT_FILES, name="data ü ñ"), out=at("run ü ñ", "out")),
+             expect="lenient", check=check_skips, slow=True),
+        Case("finetune", "class_with_one_image", finetune(imgs(per_class=1)), mentions=("too small",)),
+        Case("finetune", "train_val_classes_differ", finetune(train_val_differ), mentions=("val", "cat")),
+        Case("finetune", "classes_selects_one", finetune(imgs(), "--classes", "0"), mentions=("at least 2",)),
+        Case("finetune", "negative_size", finetune(imgs(), "--size", "-32")),
+        Case("finetune", "zero_epochs", finetune(imgs(), "--epochs", "0")),
+        Case("finetune", "negative_batch", finetune(imgs(), "--batch-size", "-4")),
+        Case("finetune", "val_fraction_over_1", finetune(imgs(), "--val-fraction", "1.5"),
+             mentions=("val_fraction",)),
+        Case("finetune", "unknown_model", finetune(imgs(), "--model", "resnet1B"), mentions=("resnet1B",)),
+        Case("finetune", "size_not_a_number", finetune(imgs(), "--size", "big"), expect="usage"),
+        Case("finetune", "weights_file_not_a_checkpoint",
+             finetune(imgs(), "--weights", file("w.pt", raw(b"x")))),
+        Case("finetune", "resume_without_last", finetune(imgs(), "--resume")),
+    ]
+
+
+def _export_cases() -> List[Case]:
+    int8_cpu = ("--int8", "--target", "cpu", "--no-progress")
+    return [
+        Case("export", "run_dir_missing", argv("export", at("no run"))),
+        Case("export", "run_dir_without_manifest", argv("export", empty_dir("empty run"))),
+        Case("export", "manifest_not_json", argv("export", file("r/manifest.json", raw(b"{not json"), up=1))),
+        Case("export", "checkpoint_changed_after_finetune",
+             lambda ws: ["export", str(write_bytes(ws.run_copy() / "finetune" / "best.pt", b"x").parents[1])],
+             mentions=("changed",)),
+        Case("export", "calib_folder_no_images",
+             argv("export", run_copy, *int8_cpu, "--calib", empty_dir("calib"), "--eval-data", imgs()),
+             mentions=("calib",)),
+        Case("export", "calib_folder_text_files_named_jpg",
+             argv("export", run_copy, *int8_cpu, "--calib", file("calib/a.jpg", raw(b"not a jpeg"), up=1),
+                  "--eval-data", imgs()), log_lines_ok=True, mentions=("a.jpg",)),
+        Case("export", "calib_folder_missing",
+             argv("export", run_copy, *int8_cpu, "--calib", at("no calib"), "--eval-data", imgs())),
+        Case("export", "eval_data_classes_differ",
+             argv("export", run_copy, "--no-progress", "--eval-data", imgs(classes=("cat", "dog"))),
+             mentions=("cat",)),
+        Case("export", "opset_out_of_range", argv("export", run_copy, "--opset", "5"), mentions=("opset",)),
+        Case("export", "negative_calib_size", argv("export", run_copy, "--int8", "--calib-size", "-1")),
+        Case("export", "zero_batch_size", argv("export", run_copy, "--batch-size", "0")),
+        Case("export", "uint8_layout_unknown",
+             argv("export", run_copy, "--uint8-input", "--uint8-layout", "chw"),
+             expect="usage"),
+    ]
+
+
+def _build_cases() -> List[Case]:
+    ort = ("--backend", "onnxruntime")
+    return [
+        Case("build", "unknown_backend", argv("build", run_copy, "--backend", "tensorflow")),
+        Case("build", "unknown_precision", argv("build", run_copy, *ort, "--precision", "fp8")),
+        Case("build", "int8_without_int8_export", argv("build", run_copy, *ort, "--precision", "int8")),
+        Case("build", "run_dir_missing", argv("build", at("nope"), *ort)),
+        Case("build", "tensorrt_unavailable",
+             argv("build", run_copy, "--backend", "tensorrt", "--precision", "fp16"),
+             code=4),
+        Case("build", "option_of_another_backend", argv("build", run_copy, *ort, "--max-batch", "8")),
+        Case("build", "smoke_data_only_corrupt_images",
+             argv("build", run_copy, *ort, "--smoke-data", file("smoke/red/a.jpg", raw(b""), up=2))),
+        Case("build", "smoke_data_empty_folder",
+             argv("build", run_copy, *ort, "--smoke-data", empty_dir("smoke"))),
+        Case("build", "negative_threads", argv("build", run_copy, *ort, "--threads", "-2", "--no-smoke"),
+             mentions=("--threads",)),
+        Case("build", "zero_smoke_images", argv("build", run_copy, *ort, "--smoke-images", "0")),
+    ]
+
+
+def _predict_cases() -> List[Case]:
+    def predict(*tokens: Token) -> Callable[[Workspace], List[str]]:
+        return argv("predict", onnx, *tokens)
+
+    good = file("a.png", write_png)
+    return [
+        Case("predict", "zero_byte_jpg", predict(file("z.jpg", raw(b""))), mentions=("z.jpg",)),
+        Case("predict", "truncated_png", predict(file("t.png", write_truncated_png)), mentions=("t.png",)),
+        Case("predict", "text_named_jpg", predict(file("notes.jpg", raw(b"hello\nworld\n"))),
+             mentions=("notes.jpg",)),
+        Case("predict", "huge_image_header_400mpx", predict(file("huge.png", write_huge_png_header)),
+             mentions=("large",)),
+        Case("predict", "huge_image_header_289mpx",
+             predict(file("big.png", lambda p: write_huge_png_header(p, 17000, 17000))), mentions=("large",)),
+        Case("predict", "missing_image_unicode_name", predict(at("bïld ñ.png")), mentions=("bïld ñ.png",)),
+        Case("predict", "missing_image_newline_in_name", predict(at("two\nlines.png")),
+             mentions=("two\\nlines.png",)),
+        Case("predict", "folder_without_images", predict(file("d/a.txt", raw(b"x"), up=1))),
+        Case("predict", "folder_with_one_corrupt_image",
+             predict(folder_with({"red/t.png": write_truncated_png}, name="p")),
+             mentions=("t.png",)),
+        Case("predict", "target_missing", argv("predict", at("m.onnx"), good)),
+        Case("predict", "target_unknown_suffix", argv("predict", file("m.txt", raw(b"x")), good)),
+        Case("predict", "target_onnx_is_garbage", argv("predict", file("m.onnx", raw(b"\x00garbage")), good)),
+        Case("predict", "zero_top_k", predict(good, "-k", "0")),
+        Case("predict", "zero_batch_size", predict(good, "--batch-size", "0")),
+        Case("predict", "negative_threads", predict(good, "--threads", "-1"), mentions=("threads",)),
+        Case("predict", "unknown_backend", predict(good, "--backend", "caffe")),
+        Case("predict", "run_dir_unknown_artifact",
+             argv("predict", base, good, "--artifact", "tensorrt_int9")),
+        Case("predict", "cmyk_palette_16bit_alpha_tiny_unicode",
+             predict(*[file(name, writer) for name, writer in UNUSUAL_IMAGES.items()], "--json"),
+             expect="accept", check=check_predictions(len(UNUSUAL_IMAGES))),
+    ]
+
+
+def _verify_cases() -> List[Case]:
+    quick = ("--no-latency", "--no-plots")
+    return [
+        Case("verify", "data_classes_differ",
+             argv("verify", run_copy, "--data", imgs(classes=("cat", "dog")), *quick),
+             mentions=("cat",)),
+        Case("verify", "data_missing", argv("verify", run_copy, "--data", at("nope"))),
+        Case("verify", "data_only_corrupt_images",
+             argv("verify", run_copy, *quick, "--data", file("v/red/a.png", write_truncated_png, up=2))),
+        Case("verify", "run_dir_missing", argv("verify", at("nope"))),
+        Case("verify", "zero_limit", argv("verify", run_copy, "--limit", "0")),
+        Case("verify", "negative_max_drop", argv("verify", run_copy, "--max-drop", "-1")),
+        Case("verify", "min_agreement_over_100", argv("verify", run_copy, "--min-agreement", "150")),
+        Case("verify", "max_drop_not_a_number", argv("verify", run_copy, "--max-drop", "lots"),
+             expect="usage"),
+    ]
+
+
+def _bench_cases() -> List[Case]:
+    r18 = ("--model", "resnet18")
+    return [
+        Case("bench", "zero_batch", bench(*r18, "--batch", "0")),
+        Case("bench", "batch_not_a_number", bench(*r18, "--batch", "eight")),
+        Case("bench", "unknown_backend", bench(*r18, "--backend", "caffe")),
+        Case("bench", "unknown_precision", bench(*r18, "--precision", "fp7")),
+        Case("bench", "negative_size", bench(*r18, "--size", "-224")),
+        Case("bench", "negative_min_time", bench(*r18, "--min-time", "-1"), mentions=("--min-time", "-1")),
+        Case("bench", "zero_min_iterations", bench(*r18, "--min-iterations", "0"),
+             mentions=("--min-iterations",)),
+        Case("bench", "unknown_model", bench("--model", "resnet1B"), mentions=("resnet1B",)),
+        Case("bench", "run_dir_missing", lambda ws: bench("--run", str(ws.path("nope")))(ws)),
+        Case("bench", "calibration_folder_no_images",
+             lambda ws: bench(*r18, "--precision", "int8", "--backend", "onnxruntime", "--calibration",
+                              str(_mkdir(ws.path("cal"))))(ws)),
+    ]
+
+
+def _run_cases() -> List[Case]:
+    return [
+        Case("run", "file_missing", argv("run", at("nope.yaml"))),
+        Case("run", "file_empty", argv("run", file("e.yaml", raw(b"")))),
+        Case("run", "file_binary", argv("run", file("b.yaml", raw(bytes(range(256)))))),
+        Case("run", "yaml_syntax_error", pipeline("runs:\n  main: {finetune: [unclosed\n"),
+             mentions=("line",)),
+        Case("run", "yaml_is_a_list", pipeline("- finetune\n- export\n")),
+        Case("run", "unknown_top_level_key", pipeline("runz:\n  main: {finetune: {}}\n"), mentions=("runz",)),
+        Case("run", "key_with_line_break", pipeline('"runs\\r\\nx": {}\n'), mentions=("\\r\\n",)),
+        Case("run", "unknown_stage", pipeline("runs:\n  main:\n    finetun: {epochs: 1}\n"),
+             mentions=("finetun",)),
+        Case("run", "mistyped_key", ft_pipeline("epoch: 1"), mentions=("epoch", "epochs")),
+        Case("run", "wrong_type", ft_pipeline("epochs: three"), mentions=("epochs",)),
+        Case("run", "negative_size", ft_pipeline("size: -32"), mentions=("size",)),
+        Case("run", "bool_for_int", ft_pipeline("batch_size: true"), mentions=("batch_size",)),
+        Case("run", "build_not_a_list_of_mappings",
+             pipeline("runs:\n  main:\n    finetune: {weights: none, data: '{data}'}\n"
+                      "    build: [onnxruntime]\n")),
+        Case("run", "mistyped_build_key",
+             pipeline("out: '{out}'\nruns:\n  main:\n    finetune: {weights: none, data: '{data}'}\n"
+                      "    build: [{backend: onnxruntime, precison: int8}]\n"),
+             mentions=("precison", "precision")),
+        Case("run", "weights_names_no_run", ft_pipeline("epochs: 1", weights="'@ghost'"),
+             mentions=("ghost",)),
+        # Not a dry run: a dry run only plans (it opens no data folder); the step line precedes the error.
+        Case("run", "data_folder_missing",
+             lambda ws: ["run", str(ws.yaml("out: '{out}'\nruns:\n  main:\n    finetune: {weights: none, "
+                                            "data: /nonexistent/ünï data, epochs: 1}\n"))],
+             mentions=("nonexistent",), log_lines_ok=True),
+        Case("run", "valid_file_control", ft_pipeline("epochs: 1"), expect="accept", check=check_dry_run),
+        Case("run", "force_unknown_stage",
+             lambda ws: ft_pipeline("epochs: 1")(ws) + ["--force", "finetunes"]),
+    ]
+
+
+def _doctor_cases() -> List[Case]:
+    return [
+        Case("doctor", "unknown_option", argv("doctor", "--gpu-only"), expect="usage"),
+        Case("doctor", "extra_argument", argv("doctor", "now"), expect="usage"),
+        Case("doctor", "json_control", argv("doctor", "--json"), expect="accept", check=check_doctor_json),
+    ]
+# fmt: on
+
+
+CASES: List[Case] = [
+    *_finetune_cases(), *_export_cases(), *_build_cases(), *_predict_cases(), *_verify_cases(),
+    *_bench_cases(), *_run_cases(), *_doctor_cases(),
+]
