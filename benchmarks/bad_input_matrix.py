@@ -27,9 +27,9 @@ from typing import Any, Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-import bad_input_cases as cases  # tests/ holds the case definitions the tests share
+import bad_input_cases as cases  # tests/ holds the case definitions the tests share  # noqa: E402
 
-from edgexfer.fsutil import atomic_write_text
+from edgexfer.fsutil import atomic_write_text  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
 COLUMNS = ("error", "usage", "lenient", "accept")

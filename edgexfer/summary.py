@@ -39,7 +39,8 @@ def _weights_label(weights: Optional[str]) -> str:
     if not weights or not str(weights).startswith("edgexfer:"):
         return str(weights)
     path, _, digest = str(weights)[len("edgexfer:"):].partition("#sha256=")
-    return f"run '{Path(path).parent.parent.name}' ({digest[:8]})" if digest else f"run '{Path(path).parent.parent.name}'"
+    run_name = Path(path).parent.parent.name
+    return f"run '{run_name}' ({digest[:8]})" if digest else f"run '{run_name}'"
 
 
 def load_verify(run_dir: Path) -> Optional[Dict[str, Any]]:

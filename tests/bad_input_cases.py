@@ -219,7 +219,7 @@ def classify(case: Case, ws: Workspace, code: int, stdout: str, stderr: str) -> 
     if case.expect == "usage":
         if code != 2:
             return False, f"exit {code}, expected 2 (usage error)"
-        if not lines or not lines[0].startswith("Usage:") or not any(l.startswith("Error:") for l in lines):
+        if not lines or not lines[0].startswith("Usage:") or not any(line.startswith("Error:") for line in lines):
             return False, f"not click's usage error format: {lines[:4]}"
         return True, next(line for line in lines if line.startswith("Error:"))
     if code != 0:

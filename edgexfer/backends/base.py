@@ -59,10 +59,10 @@ class Runner(abc.ABC):
     def __exit__(self, *exc: Any) -> None:
         self.deactivate()
 
-    def activate(self) -> None:
+    def activate(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Acquire resources (sessions, device buffers). Default: nothing."""
 
-    def deactivate(self) -> None:
+    def deactivate(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release resources. Default: nothing."""
 
     @abc.abstractmethod
