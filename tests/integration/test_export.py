@@ -1,0 +1,204 @@
+"""``edgexfer export`` end to end on CPU: real exports, real calibration, real ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_image_folder
+from edgexfer.fsutil import sha256_file
+from edgexfer.manifest import Manifest
+from edgexfer.onnxmeta import read_metadata
+from edgexfer.quant import rules
+
+
+def _leftovers(run: Path):
+    """Temporary files or work folders the export stage might have left behind."""
+    folder = run / "export"
+    if not folder.exists():
+        return []
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".partial")]
+
+
+@pytest.fixture
+def random_run_data(random_run, tmp_path):
+    """The untrained run plus labelled eval images and a calibration folder of the same classes."""
+    eval_dir = make_image_folder(tmp_path / "eval", per_class=4, size=40, seed=5)
+    calib_dir = make_image_folder(tmp_path / "calib", per_class=6, size=40, seed=6)
+    return random_run, eval_dir, calib_dir
+
+
+def test_cli_export_int8_cpu(cli_runner, random_run_data, tmp_path):
+    run, eval_dir, calib_dir = random_run_data
+    code, out, err = cli_runner(
+        "export",
+        str(run),
+        "--int8",
+        "--target",
+        "cpu",
+        "--calib",
+        str(calib_dir),
+        "--calib-size",
+        "10",
+        "--calib-method",
+        "minmax",
+        "--eval-data",
+        str(eval_dir),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+    )
+    assert code == 0, err
+    assert "onnx_int8_cpu" in out and "next: edgexfer build" in out and str(run / "manifest.json") in out
+    manifest = Manifest.open(run)
+    int8 = manifest.require("onnx_int8_cpu")
+    assert int8.kind == "onnx-qdq" and set(int8.inputs) == {"checkpoint", "onnx"}
+    assert int8.metrics["calib_images"] == 10 and int8.metrics["calib_available"] == 18
+    assert int8.metrics["calib_method"] == "minmax" and int8.metrics["eval_images"] == 12
+    model_path = manifest.path_of("onnx_int8_cpu")
+    assert model_path == run / "export" / "model_int8_cpu.onnx"
+    meta = read_metadata(model_path)
+    assert (meta.precision, meta.target, meta.input_format) == ("int8", "cpu", "float_nchw")
+    import onnx
+
+    assert rules.check_rules(onnx.load(str(model_path)), "cpu") == []
+    assert manifest.stage("export")["status"] == "done"
+    assert not manifest.has("onnx_int8_tensorrt") and _leftovers(run) == []
+
+
+def test_cli_bad_inputs_are_one_line(cli_runner, random_run_data, tmp_path):
+    run, eval_dir, calib_dir = random_run_data
+    common = ["--eval-data", str(eval_dir), "--no-progress", "--no-shared-cache"]
+    (tmp_path / "nothing").mkdir()
+    code, _, err = cli_runner("export", str(run), "--int8", "--calib", str(tmp_path / "nothing"), *common)
+    assert (
+        code == 2 and "has no images" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    )
+    broken = tmp_path / "broken"
+    shutil.copytree(calib_dir, broken)
+    (broken / "red" / "img_000.png").write_bytes(b"garbage")
+    code, _, err = cli_runner(
+        "export",
+        str(run),
+        "--int8",
+        "--target",
+        "cpu",
+        "--calib",
+        str(broken),
+        "--calib-method",
+        "minmax",
+        *common,
+    )
+    assert code == 2 and "unreadable calibration image" in err and "img_000.png" in err
+    assert not (run / "export").exists()  # bad calibration input fails before anything is written
+    code, _, err = cli_runner("export", str(run), "--int8", "--target", "tensorrt", "--opset", "18", *common)
+    assert code == 2 and "TensorRT 8.5/8.6" in err
+    empty_run = tmp_path / "empty_run"
+    Manifest.update(empty_run, create=True).__enter__().save()
+    code, _, err = cli_runner("export", str(empty_run), *common)
+    assert code == 2 and "has no checkpoint" in err and "edgexfer finetune" in err
+    code, _, err = cli_runner("export", str(tmp_path / "missing_run"), *common)
+    assert code == 2 and "does not exist" in err
+    code, _, err = cli_runner("export", str(run), "--no-progress")  # no data record, no --eval-data
+    assert code == 2 and "--eval-data" in err
+
+
+def test_fewer_calibration_images_warns_with_count(cli_runner, random_run_data, tmp_path):
+    run, eval_dir, calib_dir = random_run_data
+    code, _, err = cli_runner(
+        "export",
+        str(run),
+        "--int8",
+        "--target",
+        "tensorrt",
+        "--calib",
+        str(calib_dir),
+        "--calib-size",
+        "500",
+        "--calib-method",
+        "percentile",
+        "--eval-data",
+        str(eval_dir),
+        "--no-shared-cache",
+        "--no-progress",
+    )
+    assert code == 0, err
+    assert "only 18 image(s), fewer than the 500 asked for; using all 18" in err
+    import onnx
+
+    model = onnx.load(str(run / "export" / "model_int8_tensorrt.onnx"))
+    assert rules.check_rules(model, "tensorrt") == [] and rules.default_opset(model) == 17
+
+
+@pytest.mark.slow
+def test_export_trained_run_end_to_end(trained_run_copy, tmp_path):
+    """Default recipe on a trained run: float + uint8 + INT8 for both targets, then a cached re-run."""
+    import onnxruntime as ort
+
+    from edgexfer.data import samples_for_run
+    from edgexfer.stages.export import ExportConfig, run_export
+
+    run = trained_run_copy
+    config = ExportConfig(
+        run_dir=run,
+        uint8_input=True,
+        int8=True,
+        calib_size=48,
+        max_drop=5.0,
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
+    result = run_export(config)
+    assert set(result.paths) == {"onnx", "onnx_uint8", "onnx_int8_cpu", "onnx_int8_tensorrt"}
+    manifest = Manifest.open(run)
+    for name in result.paths:
+        manifest.require(name)
+    float_metrics = manifest.get("onnx").metrics
+    assert float_metrics["max_abs_diff"] < 1e-3 and float_metrics["top1_agreement"] == 1.0
+    assert float_metrics["images"] == 48  # the run's whole validation split (parity_images 64)
+    assert manifest.get("onnx_uint8").path == "export/model_uint8_nhwc.onnx"
+    val = samples_for_run(run, "val")
+    meta = read_metadata(result.paths["onnx"])
+    pixels = np.stack([meta.preprocess.to_uint8(val.image(i), "NHWC") for i in range(len(val))])
+    u8 = ort.InferenceSession(str(result.paths["onnx_uint8"]), providers=["CPUExecutionProvider"])
+    assert (u8.run(None, {"input": pixels})[0].argmax(1) == val.labels).mean() >= 0.95
+    for target in ("cpu", "tensorrt"):
+        m = manifest.get(f"onnx_int8_{target}").metrics
+        assert set(m["method_scores"]) == {"minmax", "entropy", "percentile"}
+        best = max(m["method_scores"].values(), key=lambda s: (s["agreement"], s["snr_db"]))
+        assert m["method_scores"][m["calib_method"]] == best
+        assert m["float_top1"] >= 95.0 and m["drop"] <= 5.0 and m["eval_images"] == 48
+        assert m["calib_images"] == 48 and m["calib_source"].startswith("train split")
+        assert m["calib_cache_hit"] == {"minmax": False, "entropy": False, "percentile": False}
+    first = {name: sha256_file(path) for name, path in result.paths.items()}
+    # a re-run reuses the float model and serves the ranges from the cache: same INT8 bytes
+    again = run_export(config)
+    manifest = Manifest.open(run)
+    assert again.metrics["onnx"].get("reused") is True
+    for target in ("cpu", "tensorrt"):
+        assert manifest.get(f"onnx_int8_{target}").metrics["calib_cache_hit"] == {
+            "minmax": True,
+            "entropy": True,
+            "percentile": True,
+        }
+        assert sha256_file(again.paths[f"onnx_int8_{target}"]) == first[f"onnx_int8_{target}"]
+    # another calibration sample is another key: no stale ranges
+    run_export(
+        ExportConfig(
+            run_dir=run,
+            int8=True,
+            target="cpu",
+            calib_size=40,
+            calib_method="minmax",
+            cache_dir=tmp_path / "cache",
+            progress=False,
+        )
+    )
+    assert Manifest.open(run).get("onnx_int8_cpu").metrics["calib_cache_hit"] == {"minmax": False}
+    assert _leftovers(run) == []
+    record = json.loads((run / "manifest.json").read_text())["stages"]["export"]
+    assert record["config"]["calib_size"] == 40 and "onnx_int8_cpu" in record["metrics"]
