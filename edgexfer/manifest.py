@@ -187,8 +187,7 @@ class Manifest:
         ``inputs`` names artifacts it was made from; their current hashes are stored so that a later
         change to any of them makes this one stale.
         """
-        path = Path(path)
-        absolute = path if path.is_absolute() else self.run_dir / path
+        absolute = self._locate(Path(path))
         if not absolute.is_file():
             raise ArtifactError(f"cannot record artifact '{name}': {absolute} is not a file")
         try:
@@ -203,6 +202,16 @@ class Manifest:
         )
         self.data["artifacts"][name] = artifact.to_dict()
         return artifact
+
+    def _locate(self, path: Path) -> Path:
+        """An artifact path given absolute, relative to the working directory (``runs/x/model.onnx``),
+        or relative to the run directory (``export/model.onnx``)."""
+        if path.is_absolute():
+            return path
+        run_root = self.run_dir.resolve()
+        if path.is_file() and (run_root == path.resolve() or run_root in path.resolve().parents):
+            return path
+        return self.run_dir / path
 
     def remove_artifact(self, name: str) -> None:
         """Forget an artifact record (the file is left alone)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,8 +12,9 @@ from edgexfer.manifest import Manifest
 pytestmark = pytest.mark.slow
 
 
-def test_demo_quick_end_to_end_then_everything_skipped(tmp_path, cli_runner):
-    out = tmp_path / "demo"
+def test_demo_quick_end_to_end_then_everything_skipped(tmp_path, cli_runner, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = Path("runs") / "demo"  # relative, as `make demo` passes it
     code, stdout, stderr = cli_runner("-q", "demo", "--quick", "--out", str(out))
     assert code == 0, stderr[-3000:]
     assert "Transfer (target) vs from scratch (scratch)" in stdout

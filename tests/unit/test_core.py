@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +134,15 @@ def test_cli_help_and_version(cli_runner):
 def test_cli_unknown_command_is_one_line(cli_runner):
     code, _, err = cli_runner("frobnicate")
     assert code == 2 and "No such command" in err and "Traceback" not in err
+
+
+def test_manifest_accepts_paths_relative_to_cwd_or_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = Path("runs") / "demo"
+    (run / "export").mkdir(parents=True)
+    (run / "export" / "model.onnx").write_bytes(b"m")
+    with Manifest.update(run, create=True) as manifest:
+        a = manifest.add_artifact("a", run / "export" / "model.onnx", kind="onnx", stage="export")
+        b = manifest.add_artifact("b", "export/model.onnx", kind="onnx", stage="export")
+    assert a.path == b.path == "export/model.onnx"
+    assert Manifest.open(run).is_fresh("a")
