@@ -21,7 +21,7 @@ import platform
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from edgexfer import __version__
 from edgexfer.errors import ArtifactError, StaleArtifactError
@@ -104,6 +104,18 @@ class Manifest:
     def __init__(self, run_dir: Path, data: Dict[str, Any]):
         self.run_dir = Path(run_dir)
         self.data = data
+        # sha256 by path, keyed on (inode, size, mtime, ctime): require() walks each artifact's whole input chain,
+        # so without this a verify or audit would hash the same checkpoint once per artifact.
+        self._hashes: Dict[Path, Tuple[Tuple[int, ...], str]] = {}
+
+    def _sha256(self, path: Path) -> str:
+        stat = path.stat()
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        cached = self._hashes.get(path)
+        if cached is None or cached[0] != key:
+            cached = (key, sha256_file(path))
+            self._hashes[path] = cached
+        return cached[1]
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -195,7 +207,7 @@ class Manifest:
         except ValueError:
             relative = absolute.resolve()
         artifact = Artifact(
-            name=name, path=relative.as_posix(), kind=kind, sha256=sha256_file(absolute),
+            name=name, path=relative.as_posix(), kind=kind, sha256=self._sha256(absolute),
             size_bytes=absolute.stat().st_size, stage=stage, created=now_iso(),
             inputs={dep: self.get(dep).sha256 for dep in (inputs or [])},
             config=dict(config or {}), metrics=dict(metrics or {}), extra=dict(extra or {}),
@@ -233,7 +245,7 @@ class Manifest:
         if not path.is_file():
             raise ArtifactError(f"artifact '{name}' is recorded in {self.run_dir / MANIFEST_NAME} but "
                                 f"{path} is missing; re-run the '{artifact.stage}' stage")
-        actual = sha256_file(path)
+        actual = self._sha256(path)
         if actual != artifact.sha256:
             raise StaleArtifactError(f"artifact '{name}' ({path}) changed since the '{artifact.stage}' stage "
                                      f"recorded it (sha256 {actual[:12]} != {artifact.sha256[:12]}); "

@@ -80,6 +80,9 @@ class Backend(abc.ABC):
 
     name: str = "backend"
     precisions: Tuple[str, ...] = ("fp32",)
+    # The exported INT8 QDQ artifact (docs/contracts.md) this backend builds ``int8`` from: the x86
+    # CPU recipe by default; TensorRT overrides it with its symmetric recipe.
+    int8_source: str = "onnx_int8_cpu"
 
     @abc.abstractmethod
     def availability(self) -> Tuple[bool, str]:

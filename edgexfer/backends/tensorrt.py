@@ -240,6 +240,7 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
+    int8_source = "onnx_int8_tensorrt"
 
     def availability(self) -> Tuple[bool, str]:
         """Usable when tensorrt imports, a CUDA GPU is visible and a device-memory library exists."""

@@ -7,6 +7,7 @@ build of torch is the last resort. All three expose the same five operations her
 
 from __future__ import annotations
 
+import abc
 import importlib.util
 from typing import Any, Dict, Optional
 
@@ -42,40 +43,40 @@ def device_memory(preferred: Optional[str] = None) -> "DeviceMemory":
     return {"polygraphy": PolygraphyMemory, "cuda-python": CudaPythonMemory, "torch": TorchMemory}[name]()
 
 
-class DeviceMemory:
+class DeviceMemory(abc.ABC):
     """alloc/free device buffers, copy host<->device on one stream, synchronize."""
 
     name = "none"
 
+    @abc.abstractmethod
     def alloc(self, nbytes: int) -> Any:
         """Allocate ``nbytes`` on the device; returns a handle."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def free(self, handle: Any) -> None:
         """Free a buffer from :meth:`alloc`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def pointer(self, handle: Any) -> int:
         """The device address of a buffer, for ``set_tensor_address``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def to_device(self, handle: Any, array: np.ndarray) -> None:
         """Copy a contiguous host array into a buffer (async on the stream)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def to_host(self, array: np.ndarray, handle: Any) -> None:
         """Copy a buffer into a contiguous host array (async on the stream)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def stream_handle(self) -> int:
         """The CUDA stream handle for ``execute_async_v3``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def synchronize(self) -> None:
         """Wait for the stream."""
-        raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: not every library has a stream to release
         """Release the stream."""
 
 

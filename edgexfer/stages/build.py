@@ -30,9 +30,9 @@ SMOKE_MIN_COSINE = {"fp32": 0.999, "fp16": 0.99, "int8": 0.9}
 
 def default_source(backend: str, precision: str) -> str:
     """The manifest artifact a backend builds ``precision`` from (docs/contracts.md)."""
-    if precision == "int8":
-        return "onnx_int8_tensorrt" if backend == "tensorrt" else "onnx_int8_cpu"
-    return "onnx"
+    from edgexfer.backends.base import get_backend
+
+    return get_backend(backend).int8_source if precision == "int8" else "onnx"
 
 
 @dataclass(frozen=True)
