@@ -95,14 +95,6 @@ def setup_logging(level: int) -> None:
     root.propagate = False
 
 
-def progress_enabled() -> bool:
-    """Whether to draw progress bars: not with --quiet, not when stderr is not a terminal in CI."""
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.find_root().obj and ctx.find_root().obj.get("quiet"):
-        return False
-    return True
-
-
 # Everything str.splitlines() breaks on (\n, \r, \v, \f, file/group/record separators, NEL, U+2028/9).
 _LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 

@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from edgexfer.compare import cosine_rows as cosine_similarity  # noqa: F401 - re-exported
+from edgexfer.compare import snr_db  # noqa: F401 - re-exported
 from edgexfer.errors import ConfigError
 
 # Below this many discordant pairs the chi-square approximation of McNemar's test is poor; the exact
@@ -200,35 +202,8 @@ def mcnemar(
 
 
 # ---- output similarity ---------------------------------------------------------------------------
-def cosine_similarity(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity (N,) of two logit arrays; rows that are both zero count as 1."""
-    ref = np.asarray(reference, dtype=np.float64)
-    oth = np.asarray(other, dtype=np.float64)
-    if ref.shape != oth.shape:
-        raise ConfigError(f"cannot compare logits of shapes {ref.shape} and {oth.shape}")
-    ref = ref.reshape(ref.shape[0], -1)
-    oth = oth.reshape(oth.shape[0], -1)
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(oth, axis=1)
-    dots = (ref * oth).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sims = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0)
-    both_zero = (np.abs(ref).sum(axis=1) == 0) & (np.abs(oth).sum(axis=1) == 0)
-    return np.where(both_zero, 1.0, sims)
-
-
-def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    """Signal-to-noise ratio in dB: 10 log10(sum(ref^2) / sum((ref - other)^2)); inf when identical."""
-    ref = np.asarray(reference, dtype=np.float64)
-    oth = np.asarray(other, dtype=np.float64)
-    if ref.shape != oth.shape:
-        raise ConfigError(f"cannot compare logits of shapes {ref.shape} and {oth.shape}")
-    noise = float(np.sum((ref - oth) ** 2))
-    signal = float(np.sum(ref**2))
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
+# ``cosine_similarity`` and ``snr_db`` live in :mod:`edgexfer.compare`, with the Comparison / Tolerance
+# that every parity check uses; they are imported above so existing callers keep working.
 
 
 # ---- latency -------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -126,10 +126,19 @@ class Preprocess:
 
     def to_array(self, image: "Any") -> np.ndarray:
         """The normalised float32 CHW array the float model takes."""
-        pixels = self.to_uint8(image, "NCHW").astype(np.float32) / 255.0
-        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
-        return (pixels - mean) / std
+        return self.normalize(self.to_uint8(image, "NCHW"))
+
+    def normalize(self, pixels: np.ndarray, layout: str = "NCHW") -> np.ndarray:
+        """uint8 pixels (CHW, NCHW, HWC or NHWC as ``layout`` says) -> ``(x / 255 - mean) / std`` float32.
+
+        The one normalisation: every float input (training evaluation, calibration, verify, bench,
+        predict) is made here, so they agree bit for bit.
+        """
+        channels_last = layout.endswith("HWC")
+        shape = (3,) if channels_last else (3, 1, 1)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(shape)
+        std = np.asarray(self.std, dtype=np.float32).reshape(shape)
+        return ((np.asarray(pixels).astype(np.float32) / 255.0 - mean) / std).astype(np.float32, copy=False)
 
     def load(self, path: "os.PathLike[str] | str") -> np.ndarray:
         """Load an image file and return :meth:`to_array` of it."""
@@ -226,3 +235,11 @@ def _to_rgb(image: "Any") -> "Any":
 def is_image_file(name: str) -> bool:
     """Whether a file name has an image extension edgexfer reads."""
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def images_to_batch(images: Sequence[Any], preprocess: Any, dtype: Any, layout: str) -> np.ndarray:
+    """PIL images -> one batch in a runner's input format (normalised float NCHW or uint8 NCHW/NHWC)."""
+    if np.dtype(dtype) == np.uint8:
+        return np.stack([preprocess.to_uint8(image, layout) for image in images])
+    arrays = np.stack([preprocess.to_array(image) for image in images]).astype(np.float32)
+    return np.ascontiguousarray(arrays.transpose(0, 2, 3, 1)) if layout == "NHWC" else arrays

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgexfer.errors import BackendUnavailableError, ConfigError
+from edgexfer.errors import ArtifactError, BackendUnavailableError, ConfigError
 
 # name -> "module:Class"; modules are imported only when the backend is asked for.
 BACKENDS: Dict[str, str] = {
@@ -26,6 +26,51 @@ BACKENDS: Dict[str, str] = {
     "tensorrt": "edgexfer.backends.tensorrt:TensorRTBackend",
 }
 PRECISIONS = ("fp32", "fp16", "int8")
+# The float reference every artifact is compared with (verify, bench): the checkpoint run by torch.
+REFERENCE_BACKEND = "torch"
+# Export-stage artifacts (docs/contracts.md) that are ONNX models ONNX Runtime runs without a build,
+# with the precision they compute in.
+EXPORT_MODELS: Dict[str, str] = {
+    "onnx_int8_cpu": "int8",
+    "onnx": "fp32",
+    "onnx_uint8": "fp32",
+    "onnx_int8_tensorrt": "int8",
+}
+# Which artifact of a run to use when none is named: fastest first (GPU engines, then CPU INT8, then
+# float), the ONNX model last because every machine with ONNX Runtime can run it.
+ARTIFACT_PREFERENCE: Tuple[str, ...] = (
+    "tensorrt_int8",
+    "tensorrt_fp16",
+    "onnxruntime_int8",
+    "openvino_int8",
+    "tensorrt_fp32",
+    "openvino_fp16",
+    "onnxruntime_fp16",
+    "onnxruntime_fp32",
+    "openvino_fp32",
+    "onnx",
+)
+
+
+@dataclass(frozen=True)
+class BuildOption:
+    """One option a backend's :meth:`Backend.build` takes; the CLI makes ``--<name>`` from it.
+
+    ``kind`` is ``int``, ``bool`` (a flag; with ``negative`` also ``--no-...``/the named opposite), or
+    ``str`` with ``choices``. ``default`` is what the backend uses when the option is not given.
+    """
+
+    name: str
+    kind: type
+    help: str
+    default: Any = None
+    choices: Tuple[str, ...] = ()
+    negative: Optional[str] = None
+
+    @property
+    def flag(self) -> str:
+        """The command-line spelling, e.g. ``--max-batch``."""
+        return "--" + self.name.replace("_", "-")
 
 
 @dataclass
@@ -81,8 +126,16 @@ class Backend(abc.ABC):
     name: str = "backend"
     precisions: Tuple[str, ...] = ("fp32",)
     # The exported INT8 QDQ artifact (docs/contracts.md) this backend builds ``int8`` from: the x86
-    # CPU recipe by default; TensorRT overrides it with its symmetric recipe.
+    # CPU recipe by default; TensorRT overrides it with its symmetric recipe. ``int8_target`` is the
+    # ``export --target`` that makes it.
     int8_source: str = "onnx_int8_cpu"
+    int8_target: str = "cpu"
+    # File suffixes of the artifacts this backend loads (``predict FILE`` picks the backend by them).
+    suffixes: Tuple[str, ...] = ()
+    # The options :meth:`build` takes (declared here so the CLI and the pipeline derive theirs).
+    build_options: Tuple[BuildOption, ...] = ()
+    # Option names :meth:`load` takes besides ``threads`` (e.g. ONNX Runtime's ``providers``).
+    load_options: Tuple[str, ...] = ()
 
     @abc.abstractmethod
     def availability(self) -> Tuple[bool, str]:
@@ -110,13 +163,59 @@ class Backend(abc.ABC):
         """Load a built artifact into a runner (not yet activated)."""
 
 
+def backend_for_file(path: "Path | str") -> Optional[str]:
+    """The registered backend that loads a file with this suffix, or None."""
+    suffix = Path(path).suffix.lower()
+    for name in BACKENDS:
+        if suffix in _backend_class(name).suffixes:
+            return name
+    return None
+
+
+def known_suffixes() -> List[str]:
+    """Every artifact suffix some backend loads (for error messages)."""
+    return [suffix for name in BACKENDS for suffix in _backend_class(name).suffixes]
+
+
+def artifact_target(name: str, record: Any) -> Tuple[str, str]:
+    """(backend, precision) that runs manifest artifact ``name`` (a build, an export model or the
+    checkpoint). The one place that reads it: the build stage records both in ``extra``."""
+    if record.stage == "build":
+        try:
+            return str(record.extra["backend"]), str(record.extra["precision"])
+        except KeyError as exc:
+            raise ArtifactError(
+                f"build record '{name}' has no {exc.args[0]}; rebuild it with 'edgexfer build'"
+            ) from exc
+    if record.kind == "checkpoint":
+        return REFERENCE_BACKEND, "fp32"
+    if name in EXPORT_MODELS or record.kind in ("onnx", "onnx-qdq"):
+        return "onnxruntime", EXPORT_MODELS.get(name, "int8" if record.kind == "onnx-qdq" else "fp32")
+    raise ConfigError(
+        f"artifact '{name}' is a {record.kind} from the {record.stage} stage, not a model; name a build "
+        f"artifact, an exported ONNX model ({', '.join(EXPORT_MODELS)}) or the checkpoint"
+    )
+
+
+def all_build_options() -> Dict[str, Tuple[BuildOption, List[str]]]:
+    """Every build option any backend declares: name -> (the declaration, backends that take it)."""
+    out: Dict[str, Tuple[BuildOption, List[str]]] = {}
+    for name in BACKENDS:
+        for option in _backend_class(name).build_options:
+            out.setdefault(option.name, (option, []))[1].append(name)
+    return out
+
+
+def _backend_class(name: str) -> type:
+    module_name, class_name = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def get_backend(name: str) -> Backend:
     """Instantiate a backend by name; unknown names list the known ones with their availability."""
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend '{name}'; choose one of: {_describe_all()}")
-    module_name, class_name = BACKENDS[name].split(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, class_name)()
+    return _backend_class(name)()
 
 
 def available_backends(names: Optional[Sequence[str]] = None) -> List[Tuple[str, bool, str]]:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgexfer.backends.base import Backend, BuildResult, Runner
+from edgexfer.backends.base import Backend, BuildOption, BuildResult, Runner
 from edgexfer.backends.common import ORT_TYPES, as_logits, check_batch, layout_of_shape, static_dim
 from edgexfer.errors import ArtifactError, BackendUnavailableError, ConfigError
 
@@ -242,6 +242,17 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     precisions = ("fp32", "fp16", "int8")
+    suffixes = (".onnx",)
+    load_options = ("providers",)
+    build_options = (
+        BuildOption("threads", int, "ONNX Runtime: threads for the offline optimisation."),
+        BuildOption(
+            "level",
+            str,
+            "ONNX Runtime: offline graph optimisation (default extended; 'all' is tied to this CPU).",
+            choices=("basic", "extended", "all"),
+        ),
+    )
 
     def availability(self) -> Tuple[bool, str]:
         """Usable when onnxruntime imports; the reason lists its execution providers."""
@@ -368,3 +379,21 @@ def _copy_metadata(source: Path, target: Path) -> None:
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
     onnx.save(model, str(target))
+
+
+def session_logits(model: Any, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Logits of an ONNX model (ModelProto or path) over ``inputs`` with ONNX Runtime on the CPU."""
+    import onnxruntime as ort
+
+    from edgexfer.hardware import physical_cores
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, physical_cores())
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    chunks = [
+        session.run(None, {name: inputs[i : i + batch_size]})[0] for i in range(0, len(inputs), batch_size)
+    ]
+    return np.concatenate(chunks).astype(np.float32)

@@ -135,6 +135,7 @@ class OpenVinoBackend(Backend):
 
     name = "openvino"
     precisions = ("fp32", "fp16", "int8")
+    suffixes = (".xml",)
 
     def availability(self) -> Tuple[bool, str]:
         """Usable when openvino imports and lists a CPU device."""

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from edgexfer.backends import trt_compat as compat
-from edgexfer.backends.base import Backend, BuildResult, Runner
+from edgexfer.backends.base import Backend, BuildOption, BuildResult, Runner
 from edgexfer.backends.common import as_logits, check_batch, layout_of_shape
 from edgexfer.backends.trt_devmem import device_memory, have_device_memory_libraries
 from edgexfer.errors import ArtifactError, BackendUnavailableError, StaleArtifactError
@@ -241,6 +241,37 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     precisions = ("fp32", "fp16", "int8")
     int8_source = "onnx_int8_tensorrt"
+    int8_target = "tensorrt"
+    suffixes = (".engine", ".plan")
+    build_options = (
+        BuildOption("min_batch", int, "TensorRT: profile minimum batch.", default=1),
+        BuildOption("opt_batch", int, "TensorRT: batch the kernels are tuned for.", default=1),
+        BuildOption("max_batch", int, "TensorRT: profile maximum batch.", default=8),
+        BuildOption("workspace_mb", int, "TensorRT: builder workspace limit in MiB.", default=1024),
+        BuildOption("dla_core", int, "TensorRT on Jetson: run on this DLA core, GPU fallback."),
+        BuildOption("version_compatible", bool, "TensorRT 8.6+: engine runs on later TensorRT versions."),
+        BuildOption("hardware_compatible", bool, "TensorRT 8.6+: engine runs on any Ampere+ GPU."),
+        BuildOption(
+            "strongly_typed",
+            bool,
+            "TensorRT 10: network typing (11 is always strongly typed, 8.x always weakly).",
+            negative="weakly_typed",
+        ),
+        BuildOption(
+            "int8_fp16_fallback",
+            bool,
+            "TensorRT int8: let layers outside the Q/DQ pairs run in fp16 (default) or only fp32.",
+            default=True,
+            negative="no_int8_fp16_fallback",
+        ),
+        BuildOption(
+            "timing_cache",
+            bool,
+            "TensorRT: reuse and update the per-GPU timing cache next to the run (default on).",
+            default=True,
+            negative="no_timing_cache",
+        ),
+    )
 
     def availability(self) -> Tuple[bool, str]:
         """Usable when tensorrt imports, a CUDA GPU is visible and a device-memory library exists."""

@@ -94,6 +94,7 @@ class TorchBackend(Backend):
 
     name = "torch"
     precisions = ("fp32",)
+    suffixes = (".pt", ".pth")
 
     def availability(self) -> Tuple[bool, str]:
         """torch imports (it is a core dependency, so this only fails on a broken install)."""

@@ -100,12 +100,18 @@ def needs_fp16_onnx(version: Version, precision: str, typing: str) -> bool:
     return precision == "fp16" and typing == "strong"
 
 
+# The newest ONNX opset the TensorRT 8.5/8.6 parsers read (onnx-tensorrt docs/operators.md, 8.5-GA and
+# 8.6-GA: "TensorRT 8.5/8.6 supports operators up to Opset 17"). The one copy of this fact: the export
+# stage and the TensorRT Q/DQ rules read it from here.
+TRT8_MAX_OPSET = 17
+
+
 def check_opset(version: Version, opset: int) -> None:
     """TensorRT 8.5/8.6 parse ONNX opset <= 17; newer parsers take newer opsets."""
-    if version[0] < 10 and opset > 17:
+    if version[0] < 10 and opset > TRT8_MAX_OPSET:
         raise ConfigError(
-            f"TensorRT {version[0]}.{version[1]} reads ONNX opset <= 17, the model has opset "
-            f"{opset}; re-export with 'edgexfer export --opset 17'"
+            f"TensorRT {version[0]}.{version[1]} reads ONNX opset <= {TRT8_MAX_OPSET}, the model has opset "
+            f"{opset}; re-export with 'edgexfer export --opset {TRT8_MAX_OPSET}'"
         )
 
 

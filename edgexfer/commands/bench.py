@@ -102,7 +102,7 @@ def bench(
 
     Random weights are used unless --run is given: latency does not depend on the weights' values.
     """
-    from edgexfer.cli import progress_enabled
+    from edgexfer.console import progress_enabled
     from edgexfer.errors import ConfigError
     from edgexfer.stages.bench import DEFAULT_MODELS, BenchConfig, run_bench
 

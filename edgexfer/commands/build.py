@@ -95,7 +95,7 @@ def build(
       edgexfer build runs/r18 --backend tensorrt --precision fp16 --max-batch 16
       edgexfer build runs/r18 --backend tensorrt --precision int8 --dla-core 0   # Jetson Orin
     """
-    from edgexfer.cli import progress_enabled
+    from edgexfer.console import progress_enabled
     from edgexfer.errors import ConfigError
     from edgexfer.stages.build import BuildConfig, run_build
 

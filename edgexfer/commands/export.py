@@ -108,7 +108,7 @@ def export(
     **options: Any,
 ) -> None:
     """Export a run's best checkpoint to ONNX (checked against torch), optionally INT8 per target."""
-    from edgexfer.cli import progress_enabled
+    from edgexfer.console import progress_enabled
     from edgexfer.stages.export import ExportConfig, run_export
 
     config = ExportConfig(

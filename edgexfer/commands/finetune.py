@@ -138,7 +138,7 @@ def default_out(model: str) -> Path:
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def finetune(out: Optional[Path], no_progress: bool, patience: int, **options: Any) -> None:
     """Fine-tune a torchvision classifier on your images (writes <out>/finetune/best.pt)."""
-    from edgexfer.cli import progress_enabled
+    from edgexfer.console import progress_enabled
     from edgexfer.stages.finetune import FinetuneConfig, run_finetune
     from edgexfer.training.runtime import Runtime
 

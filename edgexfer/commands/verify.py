@@ -91,7 +91,7 @@ def verify(
     2 bad input, or an artifact that could not be loaded (the report is still written);
     4 a backend named in --backends is not available here.
     """
-    from edgexfer.cli import progress_enabled
+    from edgexfer.console import progress_enabled
     from edgexfer.stages.verify import VerifyConfig, run_verify
 
     config = VerifyConfig(

@@ -167,8 +167,9 @@ def export_for_bench(run_dir: Path, backends: List[str], config: Any) -> None:
 
 
 def uint8_int8_variant(run_dir: Path, source: str) -> str:
-    """``<source>_uint8``: the INT8 QDQ model with uint8 pixel input, made with the export stage's
-    :func:`uint8_variant` (normalisation folded in front) and checked against ``source`` on real pixels."""
+    """``<source>_uint8``: the INT8 QDQ model with uint8 pixel input, made with
+    :func:`edgexfer.onnxedit.with_uint8_input` (normalisation folded in front) and checked against
+    ``source``."""
     import os
 
     import onnx
@@ -177,8 +178,8 @@ def uint8_int8_variant(run_dir: Path, source: str) -> str:
     from edgexfer.manifest import Manifest
     from edgexfer.metrics import cosine_similarity
     from edgexfer.onnxmeta import read_metadata
-    from edgexfer.stages.export import uint8_variant
-    from edgexfer.stages.quantize import session_logits
+    from edgexfer.backends.onnxruntime import session_logits
+    from edgexfer.onnxedit import with_uint8_input
 
     name = f"{source}_uint8"
     manifest = Manifest.open(run_dir)
@@ -187,7 +188,7 @@ def uint8_int8_variant(run_dir: Path, source: str) -> str:
     source_path = manifest.path_of(source)
     meta = read_metadata(source_path)
     preprocess = meta.preprocess
-    model = uint8_variant(_free_names(onnx.load(os.fspath(source_path)), _UINT8_NAMES), preprocess, "NHWC")
+    model = with_uint8_input(_free_names(onnx.load(os.fspath(source_path)), _UINT8_NAMES), preprocess, "NHWC")
     entry = {p.key: p.value for p in model.metadata_props}
     entry["edgexfer.input_format"] = "uint8_nhwc"
     del model.metadata_props[:]
@@ -216,13 +217,13 @@ def uint8_int8_variant(run_dir: Path, source: str) -> str:
             kind="onnx-qdq",
             stage="bench",
             inputs=[source],
-            config={"layout": "NHWC", "made_by": "edgexfer.stages.export.uint8_variant"},
+            config={"layout": "NHWC", "made_by": "edgexfer.onnxedit.with_uint8_input"},
             metrics={"min_cosine_vs_float_input": cosine},
         )
     return name
 
 
-# Tensor names uint8_variant adds; a QDQ model may already use them (the input's quantization scale is
+# Tensor names with_uint8_input adds; a QDQ model may already use them (the input's quantization scale is
 # called ``input_scale``), so those are renamed first.
 _UINT8_NAMES = ("input_scale", "input_shift", "input_float", "input_scaled", "input_normalized", "input_nchw")
 

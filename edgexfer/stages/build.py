@@ -200,7 +200,7 @@ def smoke_check(config: BuildConfig, manifest: Any, artifact: Path) -> Dict[str,
     from edgexfer.backends.base import get_backend
     from edgexfer.metrics import cosine_similarity
     from edgexfer.onnxmeta import read_metadata
-    from edgexfer.stages.predict import images_to_batch
+    from edgexfer.preprocess import images_to_batch
 
     if not manifest.has("onnx"):
         raise ArtifactError(

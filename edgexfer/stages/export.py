@@ -244,56 +244,6 @@ def torch_logits(model: Any, inputs: np.ndarray, batch_size: int) -> np.ndarray:
         ).astype(np.float32)
 
 
-# ---- uint8-input variant -------------------------------------------------------------------------
-def uint8_variant(float_model: Any, preprocess: Any, layout: str) -> Any:
-    """A copy of the float model whose ``input`` is uint8 pixels (NCHW or NHWC) with normalisation inside.
-
-    Added in front: (Transpose for NHWC, on uint8, the cheap side) -> Cast to float -> Mul by
-    ``1 / (255 std)`` -> Add ``-mean / std``: one scale and shift per channel that TensorRT fuses and
-    ONNX Runtime's quantizer calibrates like any activation, so the variant stays quantizable.
-    """
-    import copy
-
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    model = copy.deepcopy(float_model)
-    graph = model.graph
-    old = graph.input[0]
-    dims = [d.dim_param or d.dim_value for d in old.type.tensor_type.shape.dim]
-    internal = "input_normalized"
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old.name:
-                node.input[i] = internal
-    mean = np.asarray(preprocess.mean, np.float32)
-    std = np.asarray(preprocess.std, np.float32)
-    scale = (1.0 / (255.0 * std)).reshape(1, 3, 1, 1).astype(np.float32)
-    shift = (-mean / std).reshape(1, 3, 1, 1).astype(np.float32)
-    graph.initializer.extend(
-        [numpy_helper.from_array(scale, "input_scale"), numpy_helper.from_array(shift, "input_shift")]
-    )
-    nodes = []
-    source = old.name
-    if layout == "NHWC":
-        nodes.append(
-            helper.make_node("Transpose", [source], ["input_nchw"], name="input_to_nchw", perm=[0, 3, 1, 2])
-        )
-        source = "input_nchw"
-        dims = [dims[0], dims[2], dims[3], dims[1]]
-    nodes += [
-        helper.make_node("Cast", [source], ["input_float"], name="input_cast", to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["input_float", "input_scale"], ["input_scaled"], name="input_scale_mul"),
-        helper.make_node("Add", ["input_scaled", "input_shift"], [internal], name="input_shift_add"),
-    ]
-    for node in reversed(nodes):
-        graph.node.insert(0, node)
-    del graph.input[0]
-    graph.input.insert(0, helper.make_tensor_value_info(old.name, TensorProto.UINT8, dims))
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
 # ---- the stage -----------------------------------------------------------------------------------
 def run_export(config: ExportConfig) -> ExportResult:
     """Export the run's checkpoint (float, optional uint8 variant, optional INT8 per target) and record it."""
@@ -363,7 +313,7 @@ def _float_model(
     begin = time.perf_counter()
     with atomic_path(path) as tmp:
         export_float(torch_model, meta, tmp, config.opset)
-        from edgexfer.stages.quantize import session_logits
+        from edgexfer.backends.onnxruntime import session_logits
 
         count = min(config.parity_images, len(eval_slice.inputs))
         reference = torch_logits(torch_model, eval_slice.inputs[:count], config.batch_size)
@@ -395,11 +345,12 @@ def _uint8_model(
     """Write ``model_uint8_<layout>.onnx`` after checking it against the float model."""
     import onnx
 
-    from edgexfer.stages.quantize import session_logits
+    from edgexfer.backends.onnxruntime import session_logits
+    from edgexfer.onnxedit import with_uint8_input
 
     layout = config.uint8_layout
     path = config.run_dir / "export" / f"model_uint8_{layout.lower()}.onnx"
-    model = uint8_variant(onnx.load(os.fspath(float_path)), meta.preprocess, layout)
+    model = with_uint8_input(onnx.load(os.fspath(float_path)), meta.preprocess, layout)
     input_format = f"uint8_{layout.lower()}"
     set_metadata(
         model,

@@ -103,15 +103,6 @@ class PredictResult:
         }
 
 
-# ---- shared helpers (also used by the build stage's smoke check) --------------------------------
-def images_to_batch(images: Sequence[Any], preprocess: Any, dtype: Any, layout: str) -> np.ndarray:
-    """PIL images -> one batch in a runner's input format (normalised float NCHW or uint8 NCHW/NHWC)."""
-    if np.dtype(dtype) == np.uint8:
-        return np.stack([preprocess.to_uint8(image, layout) for image in images])
-    arrays = np.stack([preprocess.to_array(image) for image in images]).astype(np.float32)
-    return np.ascontiguousarray(arrays.transpose(0, 2, 3, 1)) if layout == "NHWC" else arrays
-
-
 def model_info(path: Path) -> ModelInfo:
     """Class names and preprocessing of any artifact file, from its metadata, sidecar or checkpoint."""
     from edgexfer.onnxmeta import parse_props, read_metadata
@@ -228,7 +219,7 @@ def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> List
 def run_predict(config: PredictConfig) -> PredictResult:
     """Load the chosen artifact, preprocess every image as its metadata says, return top-k per image."""
     from edgexfer.backends.base import get_backend
-    from edgexfer.preprocess import load_image
+    from edgexfer.preprocess import images_to_batch, load_image
 
     name, backend_name, path = resolve_target(config)
     info = model_info(path)

@@ -177,24 +177,6 @@ def _quiet(fn: Any, *args: Any, **kwargs: Any) -> Any:
         root.setLevel(level)
 
 
-def session_logits(model: Any, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Logits of an ONNX model (ModelProto or path) over ``inputs`` with ONNX Runtime on the CPU."""
-    import onnxruntime as ort
-
-    from edgexfer.hardware import physical_cores
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, physical_cores())
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    source = model.SerializeToString() if hasattr(model, "SerializeToString") else os.fspath(model)
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    chunks = [
-        session.run(None, {name: inputs[i : i + batch_size]})[0] for i in range(0, len(inputs), batch_size)
-    ]
-    return np.concatenate(chunks).astype(np.float32)
-
-
 def score(
     method: str,
     model: Any,
@@ -205,6 +187,7 @@ def score(
     batch_size: int,
 ) -> Candidate:
     """Evaluate a quantized model on the held-out slice against the labels and the float model."""
+    from edgexfer.backends.onnxruntime import session_logits
     from edgexfer.metrics import agreement, snr_db, topk_accuracy
 
     logits = session_logits(model, inputs, batch_size)
@@ -361,6 +344,7 @@ def export_int8(
     """
     import onnx
 
+    from edgexfer.backends.onnxruntime import session_logits
     from edgexfer.calibration import RangeCache, default_cache_dir, ranges_for
     from edgexfer.fsutil import atomic_path
     from edgexfer.manifest import Manifest

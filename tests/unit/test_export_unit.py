@@ -11,7 +11,8 @@ import pytest
 from edgexfer.errors import ArtifactError, ConfigError, ParityError
 from edgexfer.onnxmeta import OnnxMeta, parse_props, read_metadata, set_metadata
 from edgexfer.preprocess import Preprocess
-from edgexfer.stages.export import ExportConfig, export_float, parity, uint8_variant
+from edgexfer.onnxedit import with_uint8_input as uint8_variant
+from edgexfer.stages.export import ExportConfig, export_float, parity
 
 SPEC = Preprocess(size=32, resize_size=36, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), augment="none")
 

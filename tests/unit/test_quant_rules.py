@@ -10,12 +10,12 @@ import pytest
 from edgexfer.calibration import collect_ranges
 from edgexfer.errors import ParityError
 from edgexfer.quant import rules, sensitivity
+from edgexfer.backends.onnxruntime import session_logits
 from edgexfer.stages.quantize import (
     QuantizeJob,
     prepare_for_quantization,
     quantize_target,
     quantize_with_ranges,
-    session_logits,
 )
 
 
