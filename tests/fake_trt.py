@@ -1,295 +1,130 @@
-"""A fake ``tensorrt`` module for testing the TensorRT backend's logic on machines without a GPU.
+"""A fake ``tensorrt`` module, as strict as the real one, for testing the TensorRT backend without a GPU.
 
-It mimics the documented Python API surface edgexfer uses (Builder, NetworkDefinitionCreationFlag,
-BuilderFlag, OnnxParser, IBuilderConfig, timing caches, optimization profiles, Runtime, ICudaEngine,
-IExecutionContext with the name-based API), with the per-version differences: 11.x has no
-EXPLICIT_BATCH and no FP16/INT8 builder flags. Its "engine" is the ONNX model run by ONNX Runtime on
-fake device memory, so a build -> load -> infer round trip checks buffer plumbing and batching.
-Enum values are deliberately not TensorRT's numbers: code must use names.
+It offers the Python API edgexfer uses, per version (8.5, 8.6, 10.x, 11.x), and rejects what real
+TensorRT rejects; each strict behaviour names the real source it mirrors (NVIDIA/TensorRT tags,
+onnx/onnx-tensorrt release branches, docs.nvidia.com pages):
+
+* features exist only in the versions that have them (VERSION_COMPATIBLE, HardwareCompatibilityLevel,
+  engine_host_code_allowed from 8.6; STRONGLY_TYPED from 9; no EXPLICIT_BATCH and no FP16/INT8 flags in
+  11), and objects refuse attributes they do not have, as pybind11 classes do;
+* the ONNX parser refuses uint8 tensors into anything but Cast (to FLOAT/HALF) or Identity, refuses
+  LayerNormalization on 8.5, and the Q/DQ forms the importer asserts on;
+* the builder fails DLA builds with a dynamic profile, AMPERE_PLUS builds on pre-Ampere GPUs, Q/DQ
+  networks without INT8 on 8.x, precision flags on strongly typed networks; TF32 is on until cleared;
+* ``create_timing_cache`` returns None for a blob it cannot read; ``set_timing_cache`` returns False for
+  another device's cache; one global logger, with TensorRT's warning when another one is passed;
+* ``nptype`` on 8.5 fails like it does under numpy 1.24-1.26;
+* the engine's profile, dtypes and output shapes are those of the build; ``set_input_shape`` outside the
+  profile and ``execute_async_v3`` with an unbound tensor return False (fake_trt_engine.py).
+
+Enum values are deliberately not TensorRT's numbers: code must use names. ``.log`` holds the TensorRT
+log ("errors", "warnings") and what the fake observed ("cache_hits", "built").
 """
 
 from __future__ import annotations
 
+import enum
 import types
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+
+from fake_trt_engine import DEVICE, FakeContext, FakeEngine, FakeMemory, make_runtime, serialize  # noqa: F401
+
+LOGGER_WARNING = (
+    "The logger passed into createInferRuntime differs from one already provided for an existing builder, "
+    "runtime, or refitter. TensorRT maintains only a single logger pointer at any given time"
+)  # NVIDIA/TensorRT#1475
 
 
 def make_fake_trt(
     version: str = "10.3.0",
     dla_cores: int = 0,
+    compute_capability: str = "8.7",
     build_fails: bool = False,
     parse_errors: Optional[List[str]] = None,
+    numpy_without_bool: Optional[bool] = None,
+    context_oom: bool = False,
 ) -> Any:
-    """A module-like namespace for TensorRT ``version``; ``.log`` records what the code did."""
-    major = int(version.split(".")[0])
-    log: Dict[str, Any] = {"flags": set(), "cache_in": [], "parsed": [], "profiles": []}
+    """A module-like namespace for TensorRT ``version`` on a device of ``compute_capability``.
 
-    class NetworkDefinitionCreationFlag:
-        STRONGLY_TYPED = 5
+    ``numpy_without_bool`` (default: on for 8.5) makes ``nptype`` behave as under numpy 1.24-1.26.
+    """
+    v = tuple(int(p) for p in version.split(".")[:3])
+    log: Dict[str, Any] = {"errors": [], "warnings": [], "cache_hits": 0, "built": []}
 
-    if major < 11:
-        NetworkDefinitionCreationFlag.EXPLICIT_BATCH = 3
+    def error(message: str) -> None:
+        log["errors"].append(message)
+        return None
 
-    class BuilderFlag:
-        GPU_FALLBACK = "GPU_FALLBACK"
-        VERSION_COMPATIBLE = "VERSION_COMPATIBLE"
-        TF32 = "TF32"
+    def use_logger(logger: Any) -> None:
+        if state["logger"] is None:
+            state["logger"] = logger
+        elif state["logger"] is not logger:
+            log["warnings"].append(LOGGER_WARNING)
 
-    if major < 11:
-        BuilderFlag.FP16 = "FP16"
-        BuilderFlag.INT8 = "INT8"
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, level: int) -> None:
-            self.level = level
-
-    class TensorIOMode:
-        INPUT = "in"
-        OUTPUT = "out"
-
-    class Tensor:
-        def __init__(self, name: str, shape: tuple) -> None:
-            self.name, self.shape = name, shape
-
-    class Network:
-        def __init__(self, flags: int) -> None:
-            self.flags = flags
-            self.inputs: List[Tensor] = []
-
-        def get_input(self, index: int) -> Tensor:
-            return self.inputs[index]
-
-    class OnnxParser:
-        def __init__(self, network: Network, logger: Logger) -> None:
-            self.network = network
-            self.errors = list(parse_errors or [])
-
-        @property
-        def num_errors(self) -> int:
-            return len(self.errors)
-
-        def get_error(self, index: int) -> Any:
-            return types.SimpleNamespace(desc=lambda: self.errors[index])
-
-        def parse_from_file(self, path: str) -> bool:
-            import onnx
-
-            model = onnx.load(path)
-            log["parsed"].append(
-                {"path": path, "initializer_types": sorted({t.data_type for t in model.graph.initializer})}
-            )
-            first = model.graph.input[0]
-            dims = tuple(d.dim_value if d.dim_value > 0 else -1 for d in first.type.tensor_type.shape.dim)
-            self.network.inputs.append(Tensor(first.name, dims))
-            self.network.source = path
-            return not self.errors
-
-    class TimingCache:
-        def __init__(self, data: bytes) -> None:
-            self.data = data
-
-        def serialize(self) -> bytes:
-            return self.data + b"+tuned"
-
-    class Profile:
-        def set_shape(self, name: str, low: tuple, opt: tuple, high: tuple) -> None:
-            log["profiles"].append((name, low, opt, high))
-
-    class Config:
-        def __init__(self) -> None:
-            self.cache: Optional[TimingCache] = None
-            self.hardware_compatibility_level = None
-            self.default_device_type = None
-            self.DLA_core = None
-
-        def set_memory_pool_limit(self, pool: str, size: int) -> None:
-            log["workspace"] = (pool, size)
-
-        def set_flag(self, flag: str) -> None:
-            log["flags"].add(flag)
-
-        def create_timing_cache(self, data: bytes) -> TimingCache:
-            log["cache_in"].append(bytes(data))
-            return TimingCache(bytes(data))
-
-        def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
-            self.cache = cache
-            return True
-
-        def get_timing_cache(self) -> TimingCache:
-            return self.cache
-
-        def add_optimization_profile(self, profile: Profile) -> int:
-            return 0
-
-    class Builder:
-        def __init__(self, logger: Logger) -> None:
-            self.num_DLA_cores = dla_cores
-
-        def create_network(self, flags: int) -> Network:
-            log["network_flags"] = flags
-            return Network(flags)
-
-        def create_builder_config(self) -> Config:
-            config = Config()
-            log["config"] = config
-            return config
-
-        def create_optimization_profile(self) -> Profile:
-            return Profile()
-
-        def build_serialized_network(self, network: Network, config: Config) -> Optional[bytes]:
-            if build_fails:
-                return None
-            return b"FAKEENGINE:" + str(network.source).encode()
-
-    class Runtime:
-        def __init__(self, logger: Logger) -> None:
-            self.engine_host_code_allowed = False
-
-        def deserialize_cuda_engine(self, data: bytes) -> Any:
-            if not data.startswith(b"FAKEENGINE:"):
-                return None
-            return FakeEngine(Path(data[len(b"FAKEENGINE:") :].decode()), TensorIOMode)
-
+    state: Dict[str, Any] = {
+        "dla_cores": dla_cores, "compute_capability": compute_capability, "context_oom": context_oom,
+        "logger": None, "error": error, "use_logger": use_logger,
+    }
+    # DataType members: pyFoundationalTypes.cpp @8.5.2 L176-181 (FLOAT..UINT8), @v10.3.0 L180-189 (+BF16,
+    # INT64, FP8, INT4).
+    members = ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8"] + (["BF16", "INT64", "FP8"] if v >= (10,) else [])
+    data_type = enum.Enum("DataType", {name: f"dt-{name}" for name in members})
+    creation = {"EXPLICIT_BATCH": 3} if v < (11,) else {}
+    if v >= (9,):
+        creation["STRONGLY_TYPED"] = 5  # pyCore.cpp @v9.3.0 L1382
+    builder_flags = ["GPU_FALLBACK", "TF32", "REFIT", "DEBUG"] + (["FP16", "INT8"] if v < (11,) else [])
+    if v >= (8, 6):
+        builder_flags.append("VERSION_COMPATIBLE")  # pyCore.cpp @v8.6.1 L1089
     namespace = types.SimpleNamespace(
         __version__=version,
-        NetworkDefinitionCreationFlag=NetworkDefinitionCreationFlag,
-        BuilderFlag=BuilderFlag,
-        Logger=Logger,
-        Builder=Builder,
-        OnnxParser=OnnxParser,
-        Runtime=Runtime,
-        TensorIOMode=TensorIOMode,
+        DataType=data_type,
+        NetworkDefinitionCreationFlag=types.SimpleNamespace(**creation),
+        BuilderFlag=enum.Enum("BuilderFlag", {name: f"bf-{name}" for name in builder_flags}),
+        Logger=_make_logger(),
+        TensorIOMode=types.SimpleNamespace(INPUT="in", OUTPUT="out"),
         MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
-        HardwareCompatibilityLevel=types.SimpleNamespace(AMPERE_PLUS="AMPERE_PLUS"),
         DeviceType=types.SimpleNamespace(DLA="DLA", GPU="GPU"),
-        nptype=lambda dtype: {"float32": np.float32, "uint8": np.uint8}[dtype],
+        init_libnvinfer_plugins=lambda logger, namespace_: log.setdefault("plugins", []).append(namespace_),
         log=log,
     )
+    for alias, name in (("float32", "FLOAT"), ("float16", "HALF"), ("int8", "INT8"), ("int32", "INT32"),
+                        ("bool", "BOOL"), ("uint8", "UINT8")):
+        setattr(namespace, alias, getattr(data_type, name))
+    if v >= (8, 6):
+        namespace.HardwareCompatibilityLevel = types.SimpleNamespace(NONE="NONE", AMPERE_PLUS="AMPERE_PLUS")
+    namespace.nptype = _make_nptype(namespace, v, v < (8, 6) if numpy_without_bool is None else numpy_without_bool)
+    from fake_trt_builder import make_builder, make_parser
+
+    namespace.OnnxParser = make_parser(namespace, state, v, parse_errors)
+    namespace.Builder = make_builder(namespace, state, v, build_fails)
+    namespace.Runtime = make_runtime(namespace, state)
     return namespace
 
 
-class FakeEngine:
-    """An 'engine' that runs the ONNX model with ONNX Runtime; profile max batch 4."""
+def _make_logger() -> type:
+    class Logger:
+        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
 
-    MAX_BATCH = 4
+        def __init__(self, min_severity: int = 2) -> None:
+            self.min_severity = min_severity
 
-    def __init__(self, onnx_path: Path, modes: Any) -> None:
-        import onnxruntime
-
-        self.session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        self.modes = modes
-        first = self.session.get_inputs()[0]
-        self.names = [first.name, self.session.get_outputs()[0].name]
-        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in first.shape)
-        self.num_io_tensors = 2
-
-    def get_tensor_name(self, index: int) -> str:
-        return self.names[index]
-
-    def get_tensor_mode(self, name: str) -> str:
-        return self.modes.INPUT if name == self.names[0] else self.modes.OUTPUT
-
-    def get_tensor_dtype(self, name: str) -> str:
-        return "float32"
-
-    def get_tensor_shape(self, name: str) -> tuple:
-        return self.input_shape if name == self.names[0] else (-1, 3)
-
-    def get_tensor_profile_shape(self, name: str, profile: int) -> tuple:
-        rest = self.input_shape[1:]
-        return ((1,) + rest, (1,) + rest, (self.MAX_BATCH,) + rest)
-
-    def create_execution_context(self) -> "FakeContext":
-        return FakeContext(self)
+    return Logger
 
 
-class FakeContext:
-    """Name-based execution on :class:`FakeMemory` addresses."""
+def _make_nptype(trt: Any, v: tuple, numpy_without_bool: bool) -> Any:
+    """``trt.nptype`` as shipped: 8.5 builds its map with ``np.bool`` on every call (python/packaging/
+    tensorrt/__init__.py @8.5.2 L151-171), which numpy 1.24-1.26 no longer has (NVIDIA/TensorRT#2557);
+    8.6 uses ``np.bool_`` (bindings_wheel/tensorrt/__init__.py @v8.6.1 L153-174)."""
 
-    memory: "FakeMemory" = None  # set by the test
+    def nptype(trt_type: Any) -> Any:
+        if v < (8, 6) and numpy_without_bool:
+            raise AttributeError("module 'numpy' has no attribute 'bool'")
+        mapping = {trt.float32: np.float32, trt.float16: np.float16, trt.int8: np.int8, trt.int32: np.int32,
+                   trt.bool: np.bool_, trt.uint8: np.uint8}
+        if trt_type in mapping:
+            return mapping[trt_type]
+        raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
 
-    def __init__(self, engine: FakeEngine) -> None:
-        self.engine = engine
-        self.shapes: Dict[str, tuple] = {}
-        self.addresses: Dict[str, int] = {}
-        self.calls: List[int] = []
-
-    def set_input_shape(self, name: str, shape: tuple) -> bool:
-        if shape[0] > FakeEngine.MAX_BATCH:
-            raise AssertionError(f"batch {shape[0]} exceeds the profile maximum")
-        self.shapes[name] = shape
-        return True
-
-    def get_tensor_shape(self, name: str) -> tuple:
-        batch = self.shapes[self.engine.names[0]][0]
-        return (batch, 3) if name == self.engine.names[1] else self.shapes[name]
-
-    def set_tensor_address(self, name: str, address: int) -> bool:
-        self.addresses[name] = address
-        return True
-
-    def execute_async_v3(self, stream: int) -> bool:
-        in_name, out_name = self.engine.names
-        shape = self.shapes[in_name]
-        data = FakeContext.memory.read(self.addresses[in_name], int(np.prod(shape)) * 4)
-        inputs = np.frombuffer(data, dtype=np.float32).reshape(shape)
-        logits = self.engine.session.run([out_name], {in_name: inputs})[0].astype(np.float32)
-        FakeContext.memory.write(self.addresses[out_name], logits.tobytes())
-        self.calls.append(shape[0])
-        return True
-
-
-class FakeMemory:
-    """Device memory as host bytearrays keyed by fake addresses."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.buffers: Dict[int, bytearray] = {}
-        self.next = 0x1000
-        self.freed: List[int] = []
-        FakeContext.memory = self
-
-    def alloc(self, nbytes: int) -> int:
-        address = self.next
-        self.buffers[address] = bytearray(nbytes)
-        self.next += nbytes + 256
-        return address
-
-    def free(self, handle: int) -> None:
-        self.freed.append(handle)
-
-    def pointer(self, handle: int) -> int:
-        return handle
-
-    def to_device(self, handle: int, array: np.ndarray) -> None:
-        self.write(handle, array.tobytes())
-
-    def to_host(self, array: np.ndarray, handle: int) -> None:
-        array.reshape(-1).view(np.uint8)[:] = np.frombuffer(self.read(handle, array.nbytes), dtype=np.uint8)
-
-    def write(self, address: int, data: bytes) -> None:
-        buffer = self.buffers[address]
-        assert len(data) <= len(buffer), "write past the end of a device buffer"
-        buffer[: len(data)] = data
-
-    def read(self, address: int, nbytes: int) -> bytes:
-        buffer = self.buffers[address]
-        assert nbytes <= len(buffer), "read past the end of a device buffer"
-        return bytes(buffer[:nbytes])
-
-    def stream_handle(self) -> int:
-        return 7
-
-    def synchronize(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    return nptype

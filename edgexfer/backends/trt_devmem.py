@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import abc
 import importlib.util
-from typing import Any, Dict, Optional
+import logging
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from edgexfer.backends.trt_compat import choose_device_memory
+from edgexfer.backends import trt_compat as compat
+from edgexfer.errors import BackendUnavailableError
+
+log = logging.getLogger(__name__)
+
+# cudaErrorInsufficientDriver: the CUDA runtime inside cuda-python is newer than the driver (or there is
+# no driver at all). cuda-bindings 13.x links CUDA runtime 13 and needs driver 580+.
+CUDA_ERROR_INSUFFICIENT_DRIVER = 35
 
 
 def have_device_memory_libraries() -> Dict[str, bool]:
@@ -38,15 +46,44 @@ def have_device_memory_libraries() -> Dict[str, bool]:
 
 
 def device_memory(preferred: Optional[str] = None) -> "DeviceMemory":
-    """A DeviceMemory from the first available library (or the one asked for)."""
-    name = choose_device_memory(have_device_memory_libraries(), preferred)
-    return {"polygraphy": PolygraphyMemory, "cuda-python": CudaPythonMemory, "torch": TorchMemory}[name]()
+    """A working DeviceMemory: the first library (or the one asked for) that can create a CUDA stream.
+
+    Importing is not enough: polygraphy.cuda looks for libcudart only on LD_LIBRARY_PATH,
+    /usr/local/cuda/lib64, /usr/lib and /lib (polygraphy/cuda/cuda.py @v10.3.0 L58-99), so on a pip-only
+    desktop it imports but cannot start; cuda-python 13 imports but fails on drivers older than 580.
+    Each candidate is constructed (which creates its stream); the first that works is returned with
+    ``reason`` saying why it was chosen and what failed before it.
+    """
+    available = have_device_memory_libraries()
+    tried: List[str] = []
+    for name in compat.device_memory_order(preferred):
+        if not available.get(name):
+            tried.append(f"{name}: not installed" + (" (or no CUDA device)" if name == "torch" else ""))
+            continue
+        try:
+            memory = PROVIDERS[name]()
+        except Exception as exc:  # noqa: BLE001 - any failure to start means: try the next library
+            tried.append(f"{name}: {_one_line(exc)}")
+            continue
+        memory.reason = "; ".join(tried + [f"{name}: created a CUDA stream"])
+        log.info("device memory: %s (%s)", name, memory.reason)
+        return memory
+    raise BackendUnavailableError(
+        "no library could allocate CUDA buffers here (" + "; ".join(tried) + "); pip install polygraphy, "
+        f"or {compat.CUDA_PYTHON_ADVICE}, or a CUDA build of torch"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
 
 
 class DeviceMemory(abc.ABC):
     """alloc/free device buffers, copy host<->device on one stream, synchronize."""
 
     name = "none"
+    reason = ""  # why this library was chosen (set by device_memory)
 
     @abc.abstractmethod
     def alloc(self, nbytes: int) -> Any:
@@ -129,22 +166,30 @@ class PolygraphyMemory(DeviceMemory):
 
 
 class CudaPythonMemory(DeviceMemory):
-    """cuda-python runtime bindings (cudaMalloc / cudaMemcpyAsync / streams)."""
+    """cuda-python runtime bindings (cudaMalloc / cudaMemcpyAsync / streams).
+
+    Calls follow NVIDIA's samples/python/common_runtime.py (TensorRT main): results are tuples whose
+    first item is the error. Stream handles go through ``cuda.bindings.utils.get_cuda_native_handle``
+    where it exists, because ``int(cuda_obj)`` is deprecated from cuda-bindings 13.0 (release notes).
+    """
 
     name = "cuda-python"
 
     def __init__(self) -> None:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart
-        self.cudart = cudart
-        self.stream = self._check(cudart.cudaStreamCreate())
+        self.cudart = _cudart()
+        self.version = _cuda_python_version()
+        self.stream = self._check(self.cudart.cudaStreamCreate())
 
     def _check(self, result: Any) -> Any:
         err, *rest = result if isinstance(result, tuple) else (result,)
+        if int(err) == CUDA_ERROR_INSUFFICIENT_DRIVER:
+            raise BackendUnavailableError(
+                f"the CUDA driver here is too old for cuda-python {self.version} (CUDA error 35, "
+                f"cudaErrorInsufficientDriver; driver supports CUDA {_driver_cuda() or 'none found'}); "
+                f"install {compat.CUDA_PYTHON_ADVICE}"
+            )
         if int(err) != 0:
-            raise RuntimeError(f"CUDA error {err}")
+            raise RuntimeError(f"CUDA error {int(err)} ({err}) from cuda-python {self.version}")
         return rest[0] if rest else None
 
     def alloc(self, nbytes: int) -> Any:
@@ -165,13 +210,52 @@ class CudaPythonMemory(DeviceMemory):
         self._check(self.cudart.cudaMemcpyAsync(array.ctypes.data, handle, array.nbytes, kind, self.stream))
 
     def stream_handle(self) -> int:
-        return int(self.stream)
+        return native_handle(self.stream)
 
     def synchronize(self) -> None:
         self._check(self.cudart.cudaStreamSynchronize(self.stream))
 
     def close(self) -> None:
         self._check(self.cudart.cudaStreamDestroy(self.stream))
+
+
+def _cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        from cuda import cudart
+    return cudart
+
+
+def _cuda_python_version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover - Python < 3.8 is not supported anyway
+        return "?"
+    for dist in ("cuda-python", "cuda-bindings"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return "?"
+
+
+def _driver_cuda() -> Optional[str]:
+    from edgexfer.hardware import cuda_driver_version
+
+    return cuda_driver_version()
+
+
+def native_handle(obj: Any) -> int:
+    """The address behind a cuda-python object (stream, pointer) as an int."""
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(obj)
+    try:
+        return int(get_cuda_native_handle(obj))
+    except (TypeError, KeyError):  # not a cuda-python object (already an int)
+        return int(obj)
 
 
 class TorchMemory(DeviceMemory):
@@ -209,3 +293,6 @@ class TorchMemory(DeviceMemory):
 
     def synchronize(self) -> None:
         self.stream.synchronize()
+
+
+PROVIDERS = {"polygraphy": PolygraphyMemory, "cuda-python": CudaPythonMemory, "torch": TorchMemory}
