@@ -61,7 +61,6 @@ def two_outputs(float_path: Path, out_path: Path, second: str = "features") -> P
 
 def layer_norm(path: Path) -> Path:
     """A net with nn.LayerNorm exported at opset 17 (torch then writes LayerNormalization)."""
-    import torch
     import torch.nn as nn
 
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.LayerNorm(4 * 32 * 32), nn.Linear(4096, 3))

@@ -86,7 +86,9 @@ def test_a_refused_input_shape_is_a_clear_error(use_fake, models, tmp_path):
     with TensorRTBackend().load(engine) as runner:
         with pytest.raises(ArtifactError, match=r"refused input shape \(9, 3, 32, 32\) for .*profile batch 1..4"):
             runner._run(np.ascontiguousarray(_images(9)))  # what infer's chunking prevents
-    assert trt.log["errors"] == ["set_input_shape: (9, 3, 32, 32) is outside the profile (1, 3, 32, 32)..(4, 3, 32, 32)"]
+    assert trt.log["errors"] == [
+        "set_input_shape: (9, 3, 32, 32) is outside the profile (1, 3, 32, 32)..(4, 3, 32, 32)"
+    ]
 
 
 def test_every_output_is_bound(use_fake, models, tmp_path):
@@ -227,8 +229,19 @@ def test_cuda_python_error_35_says_the_driver_is_too_old(monkeypatch):
         trt_devmem.CudaPythonMemory()
 
 
-def test_stream_handles_go_through_get_cuda_native_handle():
-    runtime = pytest.importorskip("cuda.bindings.runtime")
-    pytest.importorskip("cuda.bindings.utils")
-    assert trt_devmem.native_handle(runtime.cudaStream_t(0x1234)) == 0x1234
+def test_stream_handles_go_through_get_cuda_native_handle(monkeypatch):
+    # D5: int(cuda_obj) is deprecated from cuda-bindings 13.0; get_cuda_native_handle is the way.
+    import sys
+    import types
+
+    utils = types.ModuleType("cuda.bindings.utils")
+    utils.get_cuda_native_handle = lambda obj: 0xBEEF
+    monkeypatch.setitem(sys.modules, "cuda.bindings.utils", utils)
+    assert trt_devmem.native_handle(object()) == 0xBEEF
+    monkeypatch.setitem(sys.modules, "cuda.bindings.utils", None)  # cuda-python without utils: int()
     assert trt_devmem.native_handle(0x5678) == 0x5678
+
+
+def test_native_handle_on_real_cuda_python():
+    runtime = pytest.importorskip("cuda.bindings.runtime")
+    assert trt_devmem.native_handle(runtime.cudaStream_t(0x1234)) == 0x1234
