@@ -5,7 +5,7 @@ EXTRAS ?= dev,openvino
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgexfer-installed
 
-.PHONY: setup test test-fast demo bench lint clean
+.PHONY: setup test test-fast demo bench lint clean gpu-check
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: setup
 
 bench: setup
 	$(VENV)/bin/edgexfer bench
+
+# Run first on any machine with an NVIDIA GPU: sets up its own venv (edgexfer[tensorrt] + Polygraphy), builds,
+# verifies and times TensorRT engines, writes benchmarks/results/<gpu>.md/.json. Without a GPU: one line, exit 0.
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py --venv $(VENV)
 
 lint: setup
 	$(VENV)/bin/ruff check edgexfer tests benchmarks scripts
