@@ -13,6 +13,15 @@ Execution uses the name-based API (``set_input_shape``, ``set_tensor_address``, 
 and device buffers from polygraphy.cuda, cuda-python or torch, whichever works here: no pycuda.
 The options below are the one declaration of what ``build`` takes; the CLI and the build flow derive
 theirs from it.
+
+Why not Polygraphy's NetworkFromOnnxPath / CreateConfig / EngineFromNetwork / TrtRunner (issue 15):
+they would not remove code here. CreateConfig puts DLA on core 0 only (backend/trt/config.py L637 in 0.53.6:
+``config.DLA_core = 0``) and EngineFromBytes never sets the runtime's DLA core; TrtRunner sets each
+feed's shape and fails outside the profile (runner.py L410-413 in 0.53.6), so chunking and padding stay
+ours; there are no sidecars or compatibility checks to reuse; and it is one more dependency JetPack
+does not ship. Its behaviours worth having are mirrored and cited instead (TF32 off, empty timing cache
+on a bad one, checked set_* calls, one logger, plugins). Polygraphy stays an optional device-memory
+library and the independent cross-check in ``make gpu-check``.
 """
 
 from __future__ import annotations
