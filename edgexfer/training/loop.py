@@ -1,7 +1,8 @@
 """The training loop: loaders, one epoch of training, evaluation, the linear strategy's feature cache,
 and the optimizer with its warmup + cosine schedule.
 
-Kept free of file writing: :mod:`edgexfer.stages.finetune` decides what to save and when.
+Kept free of file writing and of run state: :mod:`edgexfer.training.checkpoints` saves, the
+engines (:mod:`edgexfer.training.engines`) call these functions once per epoch.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-import numpy as np
 
 from edgexfer.data import ImageSamples
 from edgexfer.errors import ConfigError, DataError
@@ -44,7 +43,10 @@ def make_train_loader(
     runtime: Runtime,
     num_workers: int,
 ) -> Any:
-    """A shuffling loader; under DDP each rank reads its own shard (DistributedSampler, padded)."""
+    """A shuffling loader; under DDP each rank reads its own shard (DistributedSampler, padded).
+
+    Call :func:`start_train_epoch` before each epoch: it sets the epoch's order and its worker seeds.
+    """
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
@@ -63,9 +65,19 @@ def make_train_loader(
         num_workers=num_workers,
         drop_last=drop_last,
         pin_memory=runtime.device.type == "cuda",
-        persistent_workers=num_workers > 0,
+        # workers start afresh each epoch, seeded from (seed, epoch) by start_train_epoch: persistent
+        # workers would carry their random streams from epoch to epoch, which a resumed run cannot replay
+        persistent_workers=False,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def start_train_epoch(loader: Any, seed: int, epoch: int) -> None:
+    """Set ``loader`` (from :func:`make_train_loader`) up for ``epoch``: the sampler's order and the
+    base seed of its workers' torch, numpy and Python generators are functions of (seed, epoch) alone,
+    so an epoch sees the same augmentation whether the run was resumed or not."""
+    loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(seed * 1_000_003 + epoch)
 
 
 def make_eval_loader(
@@ -383,8 +395,3 @@ def set_frozen_modules_eval(model: Any) -> None:
         params = list(module.parameters(recurse=False))
         if params and not any(p.requires_grad for p in params):
             module.eval()
-
-
-def class_balance(labels: np.ndarray, num_classes: int) -> List[int]:
-    """Per-class counts (for the log)."""
-    return np.bincount(labels, minlength=num_classes).tolist()

@@ -18,7 +18,7 @@ from edgexfer.checkpoint import load_checkpoint, read_checkpoint_file  # noqa: E
 from edgexfer.data import samples_for_run  # noqa: E402
 from edgexfer.manifest import Manifest  # noqa: E402
 from edgexfer.stages.finetune import FinetuneConfig, run_finetune  # noqa: E402
-from edgexfer.training.session import FinetuneRun  # noqa: E402
+from edgexfer.training.checkpoints import RunCheckpoints  # noqa: E402
 
 TINY = dict(
     weights="none", size=32, batch_size=16, amp="off", channels_last="off", progress=False, patience=None
@@ -91,20 +91,20 @@ def test_ctrl_c_keeps_checkpoints_and_resume_reproduces_the_uninterrupted_run(
 ):
     options = dict(data=str(split_image_folder), epochs=3, strategy="full", seed=7, **TINY)
     reference = run_finetune(FinetuneConfig(out=tmp_path / "reference", **options))
-    original_save = FinetuneRun._save
+    original_save = RunCheckpoints.save
 
-    def save_then_interrupt(self, epoch, row, improved):
-        original_save(self, epoch, row, improved)
+    def save_then_interrupt(self, trainer, epoch, row, improved):
+        original_save(self, trainer, epoch, row, improved)
         if epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(FinetuneRun, "_save", save_then_interrupt)
+    monkeypatch.setattr(RunCheckpoints, "save", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_finetune(FinetuneConfig(out=tmp_path / "run", **options))
     manifest = Manifest.open(tmp_path / "run")
     assert manifest.stage("finetune")["status"] == "interrupted" and manifest.is_fresh("checkpoint")
     assert read_checkpoint_file(tmp_path / "run" / "finetune" / "last.pt")["epoch"] == 2
-    monkeypatch.setattr(FinetuneRun, "_save", original_save)
+    monkeypatch.setattr(RunCheckpoints, "save", original_save)
     resumed = run_finetune(FinetuneConfig(out=tmp_path / "run", resume=True, **options))
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     for got, want in zip(resumed.history, reference.history):
