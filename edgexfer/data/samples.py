@@ -93,7 +93,7 @@ class ImageSamples(Sequence):
         digest.update("\n".join(self.class_names).encode("utf-8"))
         digest.update(self.labels.tobytes())
         if self.images is not None:
-            digest.update(np.ascontiguousarray(self.images).tobytes())
+            digest.update(np.ascontiguousarray(self.images))  # hashed in place: no copy of the pixels
         else:
             for path in self.paths:
                 stat = os.stat(path)

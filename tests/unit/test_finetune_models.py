@@ -123,3 +123,52 @@ def test_runtime_resolution_on_cpu():
     assert forced.amp_dtype == torch.bfloat16 and forced.channels_last
     with pytest.raises(ConfigError, match="auto, on, off"):
         resolve_runtime("cpu", "fp8", "auto")
+
+
+def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from edgexfer.checkpoint import read_checkpoint_file
+    from edgexfer.training.state import restore_rng_state, rng_state
+
+    def draws():
+        return (torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.normal(), random.random())
+
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    np.random.normal()  # leaves a cached Gaussian in numpy's state, which must come back too
+    torch.save({"rng": rng_state(torch.device("cpu"))}, tmp_path / "state.pt")
+    expected = draws()
+    torch.manual_seed(9)
+    np.random.seed(9)
+    random.seed(9)
+    restore_rng_state(read_checkpoint_file(tmp_path / "state.pt")["rng"], torch.device("cpu"))
+    assert draws() == expected
+    # a last.pt from before numpy/Python states were saved: torch's state alone is restored
+    torch.manual_seed(5)
+    old = {"torch": torch.get_rng_state()}
+    want = torch.rand(2).tolist()
+    restore_rng_state(old, torch.device("cpu"))
+    assert torch.rand(2).tolist() == want
+
+
+@pytest.mark.parametrize(
+    "features, onednn, expected",
+    [
+        (["avx2", "avx512f", "avx512_bf16"], True, True),
+        (["avx2", "amx_bf16"], True, True),
+        (["avx2", "avx512f"], True, False),  # oneDNN emulates bf16 there: slower than fp32
+        (["avx512_bf16"], False, False),
+        ([], True, True),  # no feature list (not Linux): oneDNN decides
+    ],
+)
+def test_cpu_bf16_autocast_needs_native_bf16(monkeypatch, features, onednn, expected):
+    from edgexfer import hardware
+    from edgexfer.training import runtime
+
+    monkeypatch.setattr(hardware, "cpu_info", lambda: {"features": features})
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn, raising=False)
+    assert runtime.cpu_has_native_bf16() is expected
