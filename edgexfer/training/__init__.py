@@ -1,8 +1,9 @@
 """The machinery of ``edgexfer finetune``, free of stages and manifests.
 
 - :mod:`~edgexfer.training.runtime`: device, AMP, memory format, seeding, DDP.
-- :mod:`~edgexfer.training.loop`: loaders, one pass of training or evaluation, the feature cache,
-  optimizer groups and the schedule (flat functions).
+- :mod:`~edgexfer.training.loop`: loaders, one pass of training or evaluation (flat functions).
+- :mod:`~edgexfer.training.features`: the linear strategy's feature cache and head-only passes.
+- :mod:`~edgexfer.training.optim`: parameter groups, the optimizer, the warmup + cosine schedule.
 - :mod:`~edgexfer.training.engines`: the two ways an epoch runs (images, or cached features).
 - :mod:`~edgexfer.training.trainer`: the epoch loop with its optimizer, schedule and early stopping.
 - :mod:`~edgexfer.training.state`: history, early-stopping bookkeeping and the generators' states.

@@ -16,7 +16,7 @@ from typing import Any, Optional, Tuple
 
 from edgexfer.data import ImageSamples
 from edgexfer.preprocess import Preprocess
-from edgexfer.training import loop
+from edgexfer.training import features, loop
 from edgexfer.training.runtime import Runtime, all_reduce_sum, wrap_ddp
 
 log = logging.getLogger("edgexfer.finetune")
@@ -141,10 +141,12 @@ class FeatureCacheEngine(Engine):
         for name, samples in (("train", inputs.train), ("val", inputs.val)):
             loader = loop.make_eval_loader(samples, transform, batch, runtime, inputs.workers)
             cached.append(
-                loop.extract_features(inputs.model, loader, runtime, inputs.progress, f"features ({name})")
+                features.extract_features(
+                    inputs.model, loader, runtime, inputs.progress, f"features ({name})"
+                )
             )
         (self.train_features, self.train_labels), (self.val_features, self.val_labels) = cached
-        self.head = loop.head_forward(inputs.model)
+        self.head = features.head_forward(inputs.model)
         # every rank must take the same number of steps or DDP's all-reduce would wait forever
         counts = [0.0] * runtime.world_size
         counts[runtime.rank] = float(len(self.train_labels))
@@ -165,7 +167,7 @@ class FeatureCacheEngine(Engine):
         inputs, runtime = self.inputs, self.inputs.runtime
         generator = torch.Generator().manual_seed(inputs.seed * 100003 + epoch + runtime.rank)
         self.wrapped.train()
-        train = loop.train_head_epoch(
+        train = features.train_head_epoch(
             self.wrapped,
             self.train_features,
             self.train_labels,
@@ -177,7 +179,7 @@ class FeatureCacheEngine(Engine):
             generator,
             inputs.num_classes,
         )
-        val = loop.evaluate_head(
+        val = features.evaluate_head(
             self.head, self.val_features, self.val_labels, self.eval_loss_fn, runtime, inputs.num_classes
         )
         return train, val

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, Optional
 
-from edgexfer.training import loop
+from edgexfer.training import optim
 from edgexfer.training.engines import Engine
 from edgexfer.training.runtime import broadcast_flag, grad_scaler
 from edgexfer.training.state import TrainState
@@ -34,11 +34,11 @@ class Trainer:
         self.model = engine.inputs.model
         self.runtime = engine.inputs.runtime
         self.hp = hp
-        groups = loop.param_groups(self.model, hp["lr"], hp["weight_decay"], hp["backbone_lr_mult"])
-        self.optimizer = loop.make_optimizer(groups, optimizer, hp["lr"], momentum, hp["weight_decay"])
+        groups = optim.param_groups(self.model, hp["lr"], hp["weight_decay"], hp["backbone_lr_mult"])
+        self.optimizer = optim.make_optimizer(groups, optimizer, hp["lr"], momentum, hp["weight_decay"])
         total = engine.steps_per_epoch * hp["epochs"]
         warmup = int(round(hp["warmup_epochs"] * engine.steps_per_epoch))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, loop.warmup_cosine(total, warmup))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, optim.warmup_cosine(total, warmup))
         self.scaler = grad_scaler(self.runtime)
         self.state = TrainState()
         self.start_epoch = 1

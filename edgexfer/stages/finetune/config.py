@@ -12,7 +12,7 @@ from edgexfer.errors import ConfigError
 from edgexfer.fsutil import sha256_json
 from edgexfer.models import STRATEGIES, check_model_name
 from edgexfer.preprocess import AUGMENTATIONS
-from edgexfer.training.loop import OPTIMIZERS
+from edgexfer.training.optim import OPTIMIZERS
 from edgexfer.training.runtime import AUTO_ON_OFF, DEVICES
 
 STAGE = "finetune"
