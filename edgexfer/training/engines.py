@@ -53,11 +53,11 @@ class EngineInputs:
 
 
 class Engine(ABC):
-    """One epoch of training and validation. ``trainable`` is what the optimizer steps (its frozen
-    parameters excluded), ``steps_per_epoch`` how many optimizer steps an epoch takes."""
+    """One epoch of training and validation. ``steps_per_epoch``: the optimizer steps an epoch takes
+    (the schedule is laid out from it); ``wrapped``: the module trained, DDP-wrapped under torchrun."""
 
-    trainable: Any
     steps_per_epoch: int
+    wrapped: Any
 
     def __init__(self, inputs: EngineInputs):
         import torch
@@ -94,7 +94,6 @@ class ImageEngine(Engine):
             workers,
         )
         self.steps_per_epoch = len(self.train_loader)
-        self.trainable = inputs.model
         self.wrapped = wrap_ddp(inputs.model, runtime)
 
     def epoch(self, epoch: int, optimizer: Any, scheduler: Any, scaler: Any, desc: str) -> Tuple[Any, Any]:
@@ -156,7 +155,6 @@ class FeatureCacheEngine(Engine):
             extra = torch.arange(longest - len(self.train_labels)) % len(self.train_labels)
             self.train_features = torch.cat([self.train_features, self.train_features[extra]])
             self.train_labels = torch.cat([self.train_labels, self.train_labels[extra]])
-        self.trainable = self.head
         self.wrapped = wrap_ddp(self.head, runtime)
 
     def epoch(self, epoch: int, optimizer: Any, scheduler: Any, scaler: Any, desc: str) -> Tuple[Any, Any]:
