@@ -49,7 +49,7 @@ def check_fingerprint(spec: DataSpec, recorded: str, train: ImageSamples, val: I
         if now[part] != recorded[part]
     ]
     raise StaleArtifactError(
-        f"the data under '{spec.data}' changed since finetune ({' and '.join(which)} split: fingerprint "
+        f"the data under '{spec.data}' changed since finetune ({' and '.join(which) or 'its'} split: fingerprint "
         f"{recorded} recorded, {now} now); restore the images the run was trained on, or re-run "
         "'edgexfer finetune' on the data as it is now"
     )

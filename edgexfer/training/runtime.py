@@ -7,6 +7,7 @@ from all-reduced metrics, so they never disagree about when to stop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -186,11 +187,10 @@ def autocast(runtime: Runtime) -> Any:
     """The autocast context for forward passes (a no-op context without AMP)."""
     import torch
 
-    return torch.autocast(
-        device_type=runtime.device.type,
-        dtype=runtime.amp_dtype or torch.float32,
-        enabled=runtime.amp_dtype is not None,
-    )
+    if runtime.amp_dtype is None:
+        # not a disabled torch.autocast: torch < 2.3 refuses float32 as a CPU autocast dtype even then
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=runtime.device.type, dtype=runtime.amp_dtype)
 
 
 def wrap_ddp(module: Any, runtime: Runtime) -> Any:
