@@ -46,6 +46,8 @@ def plain_epoch_images_per_s(model_name: str, samples, size: int, batch: int, ep
     )
 
     class Plain(torch.utils.data.Dataset):
+        """The tutorial's dataset: the image through the transform, and its label."""
+
         def __len__(self):
             return len(samples)
 
@@ -146,6 +148,7 @@ def print_table(args, rounds: list, runtime: dict, train) -> dict:
 
 
 def main() -> None:
+    """Parse the options, run the interleaved rounds, print the table, write the JSON."""
     from edgexfer.data import DataSpec, load_splits
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -90,6 +90,7 @@ def report(args, rows: list) -> list:
 
 
 def main() -> None:
+    """Parse the options, train the runs, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--size", type=int, default=32)
