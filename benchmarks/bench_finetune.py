@@ -46,6 +46,8 @@ def plain_epoch_images_per_s(model_name: str, samples, size: int, batch: int, ep
     )
 
     class Plain(torch.utils.data.Dataset):
+        """The tutorial's dataset: the image through the transform, and its label."""
+
         def __len__(self):
             return len(samples)
 
@@ -96,63 +98,32 @@ def linear_without_cache_seconds(model_name: str, samples, preprocess, batch: in
     return time.perf_counter() - started
 
 
-def main() -> None:
-    import torch
-
-    from edgexfer.data import DataSpec, load_splits
+def measure_round(args, work: Path, index: int, common: dict, train) -> dict:
+    """One interleaved round: edgexfer full vs the plain loop, linear with vs without the feature cache."""
+    from edgexfer.preprocess import Preprocess
     from edgexfer.stages.finetune import FinetuneConfig, run_finetune
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--classes", default="0-1", help="embedded classes (fewer: less validation time)")
-    parser.add_argument("--per-class", type=int, default=80, help="training images per class")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="edgexfer-bench-ft-"))
-    spec = DataSpec(data="embedded", classes=args.classes, max_per_class=args.per_class)
-    train, _ = load_splits(spec)
-    common = dict(
-        model=args.model,
-        weights="none",
-        data="embedded",
-        classes=args.classes,
-        max_per_class=args.per_class,
-        size=args.size,
-        batch_size=args.batch,
-        patience=None,
-        progress=False,
-    )
-    edgexfer_rates, plain_rates, cached, uncached, first_epoch = [], [], [], [], []
-    for round_index in range(args.rounds):
-        full = run_finetune(
-            FinetuneConfig(out=work / f"full{round_index}", strategy="full", epochs=2, **common)
-        )
-        edgexfer_rates.append(full.history[-1]["train_images_per_s"])
-        plain_rates.append(plain_epoch_images_per_s(args.model, train, args.size, args.batch))
-        linear_started = time.perf_counter()
-        linear = run_finetune(
-            FinetuneConfig(out=work / f"linear{round_index}", strategy="linear", epochs=3, **common)
-        )
-        cached.append(statistics.median(h["train_seconds"] for h in linear.history[1:]))
-        first_epoch.append(
-            time.perf_counter() - linear_started - sum(h["train_seconds"] for h in linear.history[1:])
-        )
-        preprocess = __import__("edgexfer.preprocess", fromlist=["Preprocess"]).Preprocess(
-            size=args.size, resize_size=args.size, augment="none"
-        )
-        uncached.append(linear_without_cache_seconds(args.model, train, preprocess, args.batch))
-        print(
-            f"round {round_index + 1}: full {edgexfer_rates[-1]:.0f} vs plain {plain_rates[-1]:.0f} img/s; "
-            f"linear epoch {cached[-1] * 1000:.1f} ms cached vs {uncached[-1]:.2f} s uncached",
-            flush=True,
-        )
-    runtime = json.loads((work / "full0" / "manifest.json").read_text())["stages"]["finetune"]["config"][
-        "runtime"
-    ]
-    e, p = statistics.median(edgexfer_rates), statistics.median(plain_rates)
-    c, u = statistics.median(cached), statistics.median(uncached)
+    full = run_finetune(FinetuneConfig(out=work / f"full{index}", strategy="full", epochs=2, **common))
+    plain = plain_epoch_images_per_s(args.model, train, args.size, args.batch)
+    linear_started = time.perf_counter()
+    linear = run_finetune(FinetuneConfig(out=work / f"linear{index}", strategy="linear", epochs=3, **common))
+    cached_seconds = sum(h["train_seconds"] for h in linear.history[1:])
+    preprocess = Preprocess(size=args.size, resize_size=args.size, augment="none")
+    return {
+        "full": full.history[-1]["train_images_per_s"],
+        "plain": plain,
+        "cached": statistics.median(h["train_seconds"] for h in linear.history[1:]),
+        "first_epoch": time.perf_counter() - linear_started - cached_seconds,
+        "uncached": linear_without_cache_seconds(args.model, train, preprocess, args.batch),
+    }
+
+
+def print_table(args, rounds: list, runtime: dict, train) -> dict:
+    """The Markdown table of the medians; returns them."""
+    import torch
+
+    median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    e, p, c, u = median["full"], median["plain"], median["cached"], median["uncached"]
     print(
         f"\nFine-tuning speed: {args.model}, {len(train)} embedded images at {args.size}x{args.size}, batch "
         f"{args.batch}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; "
@@ -171,25 +142,60 @@ def main() -> None:
     )
     print(
         f"| linear strategy, 1st epoch incl. feature extraction (train+val) | "
-        f"{statistics.median(first_epoch):.2f} s | {u:.2f} s | - | - |"
+        f"{median['first_epoch']:.2f} s | {u:.2f} s | - | - |"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_finetune.json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "runtime": runtime,
-                "full_images_per_s": edgexfer_rates,
-                "plain_images_per_s": plain_rates,
-                "linear_cached_epoch_s": cached,
-                "linear_uncached_epoch_s": uncached,
-                "ratio_full_vs_plain": e / p,
-                "ratio_linear_cache": u / c,
-            },
-            indent=2,
+    return median
+
+
+def main() -> None:
+    """Parse the options, run the interleaved rounds, print the table, write the JSON."""
+    from edgexfer.data import DataSpec, load_splits
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--classes", default="0-1", help="embedded classes (fewer: less validation time)")
+    parser.add_argument("--per-class", type=int, default=80, help="training images per class")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="edgexfer-bench-ft-"))
+    train, _ = load_splits(DataSpec(data="embedded", classes=args.classes, max_per_class=args.per_class))
+    common = dict(
+        model=args.model,
+        weights="none",
+        data="embedded",
+        classes=args.classes,
+        max_per_class=args.per_class,
+        size=args.size,
+        batch_size=args.batch,
+        patience=None,
+        progress=False,
+    )
+    rounds = []
+    for index in range(args.rounds):
+        rounds.append(measure_round(args, work, index, common, train))
+        r = rounds[-1]
+        print(
+            f"round {index + 1}: full {r['full']:.0f} vs plain {r['plain']:.0f} img/s; "
+            f"linear epoch {r['cached'] * 1000:.1f} ms cached vs {r['uncached']:.2f} s uncached",
+            flush=True,
         )
-        + "\n"
-    )
+    manifest = json.loads((work / "full0" / "manifest.json").read_text())
+    runtime = manifest["stages"]["finetune"]["config"]["runtime"]
+    median = print_table(args, rounds, runtime, train)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = {
+        "args": vars(args),
+        "runtime": runtime,
+        "full_images_per_s": [r["full"] for r in rounds],
+        "plain_images_per_s": [r["plain"] for r in rounds],
+        "linear_cached_epoch_s": [r["cached"] for r in rounds],
+        "linear_uncached_epoch_s": [r["uncached"] for r in rounds],
+        "ratio_full_vs_plain": median["full"] / median["plain"],
+        "ratio_linear_cache": median["uncached"] / median["cached"],
+    }
+    (RESULTS / "bench_finetune.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

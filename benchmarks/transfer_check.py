@@ -22,17 +22,8 @@ from edgexfer.stages.finetune import FinetuneConfig, run_finetune
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--source-per-class", type=int, default=400)
-    parser.add_argument("--source-epochs", type=int, default=6)
-    parser.add_argument("--target-per-class", type=int, default=30)
-    parser.add_argument("--target-epochs", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="edgexfer-transfer-"))
+def train_runs(args, work: Path) -> list:
+    """The source run, then the four target runs; returns [(name, FinetuneResult)]."""
     common = dict(
         model=args.model,
         data="embedded",
@@ -42,7 +33,6 @@ def main() -> None:
         progress=False,
         batch_size=64,
     )
-    started = time.perf_counter()
     source = run_finetune(
         FinetuneConfig(
             out=work / "source",
@@ -65,18 +55,13 @@ def main() -> None:
         "target 5-9: from source, linear": dict(weights=str(source.checkpoint), strategy="linear"),
     }
     for name, options in runs.items():
-        rows.append(
-            (
-                name,
-                run_finetune(
-                    FinetuneConfig(
-                        out=work / name.split(":")[1].strip().replace(", ", "-").replace(" ", "-"),
-                        **target,
-                        **options,
-                    )
-                ),
-            )
-        )
+        out = work / name.split(":")[1].strip().replace(", ", "-").replace(" ", "-")
+        rows.append((name, run_finetune(FinetuneConfig(out=out, **target, **options))))
+    return rows
+
+
+def report(args, rows: list) -> list:
+    """Print the Markdown table; return its rows as dicts."""
     scratch = rows[1][1].best_val_top1
     print(
         f"\nTransfer check: {args.model} at {args.size}x{args.size}, embedded Fashion-MNIST, "
@@ -85,7 +70,7 @@ def main() -> None:
     )
     print("| run | train images | epochs | best val top-1 | vs scratch |")
     print("|---|---|---|---|---|")
-    report = []
+    table = []
     for name, result in rows:
         summary = json.loads(Path(result.metrics_path).read_text())["summary"]
         delta = "" if name.startswith("source") else f"{100 * (result.best_val_top1 - scratch):+.1f} pt"
@@ -93,7 +78,7 @@ def main() -> None:
             f"| {name} | {summary['train_images']} | {result.epochs_run} | {100 * result.best_val_top1:.1f}% "
             f"| {delta} |"
         )
-        report.append(
+        table.append(
             {
                 "run": name,
                 "best_val_top1": result.best_val_top1,
@@ -101,10 +86,27 @@ def main() -> None:
                 "train_images": summary["train_images"],
             }
         )
+    return table
+
+
+def main() -> None:
+    """Parse the options, train the runs, print the table, write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--source-per-class", type=int, default=400)
+    parser.add_argument("--source-epochs", type=int, default=6)
+    parser.add_argument("--target-per-class", type=int, default=30)
+    parser.add_argument("--target-epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="edgexfer-transfer-"))
+    started = time.perf_counter()
+    table = report(args, train_runs(args, work))
     print(f"total {time.perf_counter() - started:.0f} s; runs in {work}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "transfer_check.json").write_text(
-        json.dumps({"args": vars(args), "rows": report}, indent=2) + "\n"
+        json.dumps({"args": vars(args), "rows": table}, indent=2) + "\n"
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from edgexfer.errors import ArtifactError, ModelError
 from edgexfer.preprocess import Preprocess
@@ -62,7 +62,8 @@ def save_checkpoint(path: "os.PathLike[str] | str", state_dict: Dict[str, Any], 
 
 
 def read_checkpoint_file(path: "os.PathLike[str] | str") -> Any:
-    """torch.load a weights file safely (weights_only where torch supports it), with clear errors."""
+    """torch.load a weights file safely (``weights_only``: tensors and plain containers, no code), with
+    clear errors."""
     import torch
 
     path = Path(path)
@@ -70,8 +71,6 @@ def read_checkpoint_file(path: "os.PathLike[str] | str") -> Any:
         raise ArtifactError(f"weights file '{path}' does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except TypeError:  # torch < 1.13 has no weights_only
-        return torch.load(path, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - pickle/zip errors of many kinds
         # torch's unpickling errors span many lines; the CLI shows one, so keep the first.
         reason = (str(exc).strip().splitlines() or [""])[0]
@@ -134,13 +133,3 @@ def state_dict_from_any(obj: Any) -> Dict[str, Any]:
     raise ModelError("weights file holds no state_dict (expected tensors by parameter name, an edgexfer "
                      "checkpoint, or a dict with 'state_dict')")
 
-
-def find_run_checkpoint(run_dir: "os.PathLike[str] | str", name: str = "checkpoint") -> Optional[Path]:
-    """The run's best checkpoint path as recorded in the manifest (checked by hash), or None."""
-    from edgexfer.manifest import Manifest
-
-    manifest = Manifest.open(run_dir)
-    if not manifest.has(name):
-        return None
-    manifest.require(name)
-    return manifest.path_of(name)

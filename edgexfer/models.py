@@ -13,7 +13,7 @@ import difflib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from edgexfer.errors import ConfigError, ModelError
 
@@ -143,8 +143,7 @@ def build_model(arch: str, num_classes: int) -> Any:
     import torchvision
 
     check_model_name(arch)
-    kwargs: Dict[str, Any] = {}
-    model = torchvision.models.get_model(arch, weights=None, **kwargs)
+    model = torchvision.models.get_model(arch, weights=None)
     replace_head(model, num_classes)
     return model
 
@@ -184,15 +183,6 @@ def load_backbone_weights(model: Any, state_dict: Dict[str, Any], source: str,
                          "pass the --model they were trained with")
     model.load_state_dict(usable, strict=False)
     return {"loaded": sorted(usable), "skipped_head": sorted(head_keys)}
-
-
-def describe_weights(weights: Optional[str]) -> str:
-    """Human description of a --weights value."""
-    if weights in (None, "none"):
-        return "random initialisation"
-    if weights == "imagenet":
-        return "torchvision ImageNet weights"
-    return f"file {weights}"
 
 
 # ---- freezing strategies and block grouping ------------------------------------------------------

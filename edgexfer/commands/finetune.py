@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Dict
 
 import click
 
 from edgexfer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgexfer.stages.finetune import FinetuneConfig
 
 _EPILOG = """\b
 Examples:
@@ -136,21 +139,13 @@ def default_out(model: str) -> Path:
     "--out", default=None, type=click.Path(path_type=Path), help="Run directory [runs/<model>-<timestamp>]."
 )
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def finetune(out: Optional[Path], no_progress: bool, patience: int, **options: Any) -> None:
+def finetune(**params: Any) -> None:
     """Fine-tune a torchvision classifier on your images (writes <out>/finetune/best.pt)."""
     from edgexfer.console import progress_enabled
-    from edgexfer.stages.finetune import FinetuneConfig, run_finetune
+    from edgexfer.stages.finetune import run_finetune
     from edgexfer.training.runtime import Runtime
 
-    if patience < 0:
-        raise ConfigError(f"--patience must be >= 0 (0 disables early stopping), got {patience}")
-    if options["resume"] and out is None:
-        raise ConfigError("--resume needs --out DIR: the run directory to continue")
-    out = out if out is not None else default_out(options["model"])
-    config = FinetuneConfig(
-        out=out, patience=patience or None, progress=progress_enabled() and not no_progress, **options
-    )
-    result = run_finetune(config)
+    result = run_finetune(config_from_params(click.get_current_context().params, progress_enabled()))
     if not Runtime.is_main_process():
         return
     click.echo(
@@ -161,3 +156,21 @@ def finetune(out: Optional[Path], no_progress: bool, patience: int, **options: A
     click.echo(f"metrics:    {result.metrics_path}")
     click.echo(f"curves:     {result.plot_path}")
     click.echo(f"next: edgexfer export {result.run_dir} --int8 --target all")
+
+
+def config_from_params(params: Dict[str, Any], progress: bool) -> "FinetuneConfig":
+    """The validated :class:`FinetuneConfig` for the click parameters of ``edgexfer finetune``.
+
+    ``params`` maps click's parameter names (``num_workers`` for ``--workers``) to values, click's
+    defaults applied. ``progress``: whether bars may be drawn at all (``--no-progress`` turns them off).
+    ``--out`` defaults to a new ``runs/<model>-<timestamp>`` folder, which ``--resume`` cannot continue.
+    """
+    from edgexfer.stages.finetune import FinetuneConfig
+
+    options = dict(params)
+    out, no_progress = options.pop("out"), options.pop("no_progress")
+    if options["resume"] and out is None:
+        raise ConfigError("--resume needs --out DIR: the run directory to continue")
+    if out is None:
+        out = default_out(options["model"])
+    return FinetuneConfig(out=out, progress=progress and not no_progress, **options)

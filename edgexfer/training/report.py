@@ -24,10 +24,11 @@ def plot_curves(path: "os.PathLike[str] | str", history: List[Dict[str, Any]], t
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    # training minimises the label-smoothed loss; validation reports plain cross-entropy
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (label-smoothed)")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss (with label smoothing)")
+    ax_loss.set_ylabel("cross-entropy loss")
     ax_loss.legend()
     ax_acc.plot(epochs, [100 * h["train_top1"] for h in history], "o-", label="train top-1")
     ax_acc.plot(epochs, [100 * h["val_top1"] for h in history], "o-", label="val top-1")

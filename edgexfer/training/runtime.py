@@ -7,6 +7,7 @@ from all-reduced metrics, so they never disagree about when to stop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -61,22 +62,26 @@ class Runtime:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 / AMX): only then is CPU autocast faster."""
+    """Whether this CPU runs bf16 matmuls natively (AVX512-BF16 / AMX): only then is CPU autocast faster.
+
+    Without CPU feature information (not Linux) oneDNN's own check decides.
+    """
     import torch
 
+    from edgexfer.hardware import cpu_info
+
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and _cpu_flags_have_bf16()
+        onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+    features = cpu_info()["features"]
+    return onednn and (not features or "avx512_bf16" in features or "amx_bf16" in features)
 
 
-def _cpu_flags_have_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = handle.read()
-    except OSError:  # not Linux: trust oneDNN's own check
-        return True
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def default_workers() -> int:
+    """DataLoader workers: none on 2 cores (they would steal the cores training needs), else a few."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores // 2)
 
 
 def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: str = "auto") -> Runtime:
@@ -170,7 +175,7 @@ def broadcast_flag(runtime: Runtime, flag: bool) -> bool:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (all devices) for a reproducible run."""
+    """Seed Python, numpy and torch (CPU and every CUDA device) for a reproducible run."""
     import torch
 
     random.seed(seed)
@@ -182,8 +187,32 @@ def autocast(runtime: Runtime) -> Any:
     """The autocast context for forward passes (a no-op context without AMP)."""
     import torch
 
-    return torch.autocast(
-        device_type=runtime.device.type,
-        dtype=runtime.amp_dtype or torch.float32,
-        enabled=runtime.amp_dtype is not None,
-    )
+    if runtime.amp_dtype is None:
+        # not a disabled torch.autocast: torch < 2.3 refuses float32 as a CPU autocast dtype even then
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=runtime.device.type, dtype=runtime.amp_dtype)
+
+
+def wrap_ddp(module: Any, runtime: Runtime) -> Any:
+    """``module`` in DistributedDataParallel under torchrun (gradients all-reduced), else itself."""
+    if not runtime.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
+
+
+def grad_scaler(runtime: Runtime) -> Any:
+    """A GradScaler for fp16 autocast (bf16 and fp32 need none), else None.
+
+    ``torch.amp.GradScaler("cuda")`` exists from torch 2.3; older torch (JetPack 5 wheels: 2.0/2.1) has
+    the same class as ``torch.cuda.amp.GradScaler``.
+    """
+    import torch
+
+    if runtime.amp_dtype != torch.float16:
+        return None
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -18,11 +19,23 @@ from edgexfer.checkpoint import load_checkpoint, read_checkpoint_file  # noqa: E
 from edgexfer.data import samples_for_run  # noqa: E402
 from edgexfer.manifest import Manifest  # noqa: E402
 from edgexfer.stages.finetune import FinetuneConfig, run_finetune  # noqa: E402
-from edgexfer.training.session import FinetuneRun  # noqa: E402
+from edgexfer.training.checkpoints import RunCheckpoints  # noqa: E402
 
 TINY = dict(
     weights="none", size=32, batch_size=16, amp="off", channels_last="off", progress=False, patience=None
 )
+
+
+class NumpyAndRandomNoise:
+    """An augmentation written with numpy's and Python's global generators, as many are."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image):
+        tensor = self.transform(image)
+        noise = np.random.normal(0.0, 0.5, size=tuple(tensor.shape)).astype(np.float32)
+        return tensor * random.uniform(0.5, 1.5) + torch.from_numpy(noise)
 
 
 def _numpy_top1(model, meta, samples) -> float:
@@ -91,20 +104,20 @@ def test_ctrl_c_keeps_checkpoints_and_resume_reproduces_the_uninterrupted_run(
 ):
     options = dict(data=str(split_image_folder), epochs=3, strategy="full", seed=7, **TINY)
     reference = run_finetune(FinetuneConfig(out=tmp_path / "reference", **options))
-    original_save = FinetuneRun._save
+    original_save = RunCheckpoints.save
 
-    def save_then_interrupt(self, epoch, row, improved):
-        original_save(self, epoch, row, improved)
+    def save_then_interrupt(self, trainer, epoch, row, improved):
+        original_save(self, trainer, epoch, row, improved)
         if epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(FinetuneRun, "_save", save_then_interrupt)
+    monkeypatch.setattr(RunCheckpoints, "save", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_finetune(FinetuneConfig(out=tmp_path / "run", **options))
     manifest = Manifest.open(tmp_path / "run")
     assert manifest.stage("finetune")["status"] == "interrupted" and manifest.is_fresh("checkpoint")
     assert read_checkpoint_file(tmp_path / "run" / "finetune" / "last.pt")["epoch"] == 2
-    monkeypatch.setattr(FinetuneRun, "_save", original_save)
+    monkeypatch.setattr(RunCheckpoints, "save", original_save)
     resumed = run_finetune(FinetuneConfig(out=tmp_path / "run", resume=True, **options))
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     for got, want in zip(resumed.history, reference.history):
@@ -117,6 +130,40 @@ def test_ctrl_c_keeps_checkpoints_and_resume_reproduces_the_uninterrupted_run(
     assert Manifest.open(tmp_path / "run").stage("finetune")["status"] == "done"
     with pytest.raises(Exception, match="trained with other options"):
         run_finetune(FinetuneConfig(out=tmp_path / "run", resume=True, **dict(options, seed=8)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_replays_numpy_and_python_random_augmentation(
+    split_image_folder, tmp_path, monkeypatch, workers
+):
+    from edgexfer.preprocess import Preprocess
+
+    original_transform = Preprocess.train_transform
+    monkeypatch.setattr(
+        Preprocess, "train_transform", lambda self: NumpyAndRandomNoise(original_transform(self))
+    )
+    options = dict(
+        data=str(split_image_folder), epochs=2, strategy="full", seed=3, num_workers=workers, **TINY
+    )
+    reference = run_finetune(FinetuneConfig(out=tmp_path / "reference", **options))
+    original_save = RunCheckpoints.save
+
+    def save_then_interrupt(self, trainer, epoch, row, improved):
+        original_save(self, trainer, epoch, row, improved)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunCheckpoints, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(FinetuneConfig(out=tmp_path / "run", **options))
+    monkeypatch.setattr(RunCheckpoints, "save", original_save)
+    resumed = run_finetune(FinetuneConfig(out=tmp_path / "run", resume=True, **options))
+    # epoch 2 of the resumed run draws the same noise as epoch 2 of the uninterrupted one
+    assert resumed.history[1]["train_loss"] == pytest.approx(reference.history[1]["train_loss"], rel=1e-5)
+    final = read_checkpoint_file(resumed.last_checkpoint)["state_dict"]
+    expected = read_checkpoint_file(reference.last_checkpoint)["state_dict"]
+    for key in expected:
+        torch.testing.assert_close(final[key], expected[key], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow

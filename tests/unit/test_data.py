@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import make_image_folder
@@ -19,6 +21,7 @@ from edgexfer.data import (
     stratified_split,
 )
 from edgexfer.errors import ConfigError, DataError
+from edgexfer.manifest import Manifest
 
 NAMES = [
     "T-shirt_top",
@@ -231,3 +234,59 @@ def test_torchvision_datasets_become_rgb_samples_and_offline_is_one_line(monkeyp
     with pytest.raises(DataError, match="cannot get fashion-mnist into .*--data embedded") as info:
         load_splits(DataSpec(data="Fashion-MNIST"))
     assert "\n" not in str(info.value)
+
+
+def test_samples_for_run_refuses_data_changed_since_finetune(tmp_path):
+    import os
+    import shutil
+
+    from PIL import Image
+
+    from edgexfer.errors import StaleArtifactError
+    from edgexfer.stages.finetune import FinetuneConfig, run_finetune
+
+    data = make_image_folder(tmp_path / "one", per_class=8, size=32)
+    run = tmp_path / "run"
+    run_finetune(
+        FinetuneConfig(
+            out=run,
+            weights="none",
+            data=str(data),
+            size=32,
+            epochs=1,
+            batch_size=8,
+            strategy="linear",
+            progress=False,
+            amp="off",
+        )
+    )
+    recorded = Manifest.open(run).stage("finetune")["config"]["data_summary"]["fingerprint"]
+    assert len(samples_for_run(run, "val")) == 6
+    target = Path(samples_for_run(run, "train").paths[7])
+    original, stat = target.read_bytes(), target.stat()
+
+    def refused(*splits: str) -> str:
+        with pytest.raises(StaleArtifactError) as info:
+            samples_for_run(run, "train")
+        line = str(info.value)
+        assert "\n" not in line and f"the data under '{data.resolve()}' changed since finetune" in line
+        assert f"{' and '.join(splits)} split: fingerprint {recorded} recorded" in line
+        assert "re-run 'edgexfer finetune'" in line
+        return line
+
+    # changed: another picture of another size under the same name
+    Image.fromarray(np.zeros((48, 48, 3), dtype=np.uint8)).save(target)
+    refused("train")  # the image is in the training part of the split
+    target.write_bytes(original)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert len(samples_for_run(run, "train")) == 18  # restored: accepted again
+    # added: one more image moves the stratified split, so both parts change
+    shutil.copy2(target, target.with_name("img_099.png"))
+    refused("train and val")
+    target.with_name("img_099.png").unlink()
+    # removed
+    moved = tmp_path / "aside.png"
+    shutil.move(str(target), str(moved))
+    refused("train and val")
+    shutil.move(str(moved), str(target))
+    assert len(samples_for_run(run, "train")) == 18

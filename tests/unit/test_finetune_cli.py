@@ -181,3 +181,59 @@ def test_imagenet_weights_offline_say_where_to_put_the_file(
     )
     line = _one_line_error(code, err)
     assert "resnet18-f37072fd.pth" in line and "--weights PATH" in line and "--weights none" in line
+
+
+def _params(*args: str) -> dict:
+    """The click parameters of ``edgexfer finetune ARGS``, click's defaults applied."""
+    from edgexfer.commands.finetune import finetune
+
+    with finetune.make_context("finetune", list(args)) as ctx:
+        return dict(ctx.params)
+
+
+def test_every_finetune_option_is_a_config_field_with_the_same_default():
+    import dataclasses
+
+    from edgexfer.commands.finetune import config_from_params
+    from edgexfer.stages.finetune import FinetuneConfig
+
+    params = _params()
+    fields = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+    cli_only = {"no_progress"}  # folded into FinetuneConfig.progress
+    assert set(params) - cli_only == set(fields) - {"progress"}
+    for name, default in params.items():
+        if name not in cli_only and name != "out":
+            assert default == fields[name], name
+    config = config_from_params(params, progress=True)
+    assert config.out.parent.name == "runs" and config.out.name.startswith("resnet18-")
+    assert config.progress and config.patience == 5 and config.num_workers is None
+
+
+def test_config_from_params_applies_the_cli_rules(tmp_path):
+    from edgexfer.commands.finetune import config_from_params
+    from edgexfer.errors import ConfigError
+
+    config = config_from_params(_params("--out", str(tmp_path), "--patience", "0", "--workers", "3"), True)
+    assert config.patience is None and config.num_workers == 3 and config.out == tmp_path
+    assert not config_from_params(_params("--out", str(tmp_path), "--no-progress"), True).progress
+    assert not config_from_params(_params("--out", str(tmp_path)), progress=False).progress
+    with pytest.raises(ConfigError, match="--resume needs --out DIR"):
+        config_from_params(_params("--resume"), True)
+    with pytest.raises(ConfigError, match=r"patience must be >= 0 \(0 disables early stopping\), got -1"):
+        config_from_params(_params("--out", str(tmp_path), "--patience", "-1"), True)
+
+
+def test_patience_zero_disables_early_stopping_in_yaml_as_on_the_cli(
+    cli_runner, split_image_folder, tmp_path
+):
+    from edgexfer.stages.finetune import FinetuneConfig
+
+    assert FinetuneConfig(out=tmp_path, patience=0).patience is None
+    assert FinetuneConfig(out=tmp_path, patience=3).patience == 3
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(
+        f"out: {tmp_path / 'runs'}\nruns:\n  main:\n    finetune: {{data: '{split_image_folder}', "
+        "weights: none, patience: 0}\n"
+    )
+    code, stdout, err = cli_runner("run", str(pipeline), "--dry-run")
+    assert code == 0 and "would run" in stdout, err

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from edgexfer.errors import ConfigError  # noqa: E402
 from edgexfer.models import apply_strategy, backbone_blocks, build_model, find_head  # noqa: E402
-from edgexfer.training import loop  # noqa: E402
+from edgexfer.training import features, loop, optim  # noqa: E402
 from edgexfer.training.runtime import Runtime, resolve_runtime  # noqa: E402
 
 CPU = Runtime(device=torch.device("cpu"), amp_dtype=None, channels_last=False)
@@ -73,21 +73,21 @@ def test_cached_features_through_the_head_equal_the_full_model(arch):
     images = torch.randn(6, 3, 64, 64)
     labels = torch.arange(6) % 5
     loader = [(images[:4], labels[:4]), (images[4:], labels[4:])]
-    features, got_labels = loop.extract_features(model, loader, CPU, progress=False)
+    cached, got_labels = features.extract_features(model, loader, CPU, progress=False)
     with torch.no_grad():
         expected = model(images)
-        via_cache = loop.head_forward(model)(features)
+        via_cache = features.head_forward(model)(cached)
     assert torch.equal(got_labels, labels)
     torch.testing.assert_close(via_cache, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_warmup_cosine_schedule_values():
-    factor = loop.warmup_cosine(total_steps=110, warmup_steps=10)
+    factor = optim.warmup_cosine(total_steps=110, warmup_steps=10)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(10) == pytest.approx(1.0)
     assert factor(60) == pytest.approx(0.5)
     assert factor(110) == pytest.approx(0.0, abs=1e-12)
-    no_warmup = loop.warmup_cosine(total_steps=4, warmup_steps=0)
+    no_warmup = optim.warmup_cosine(total_steps=4, warmup_steps=0)
     assert [round(no_warmup(s), 4) for s in range(5)] == [1.0, 0.8536, 0.5, 0.1464, 0.0]
 
 
@@ -95,7 +95,7 @@ def test_param_groups_lower_backbone_lr_and_skip_decay_on_norms():
     model = build_model("resnet18", 3)
     apply_strategy(model, "full")
     groups = {
-        g["name"]: g for g in loop.param_groups(model, lr=0.01, weight_decay=1e-4, backbone_lr_mult=0.1)
+        g["name"]: g for g in optim.param_groups(model, lr=0.01, weight_decay=1e-4, backbone_lr_mult=0.1)
     }
     assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
     assert groups["backbone"]["lr"] == pytest.approx(0.001) and groups["head"]["lr"] == 0.01
@@ -104,7 +104,7 @@ def test_param_groups_lower_backbone_lr_and_skip_decay_on_norms():
         p.numel() for p in model.parameters()
     )
     apply_strategy(model, "linear")
-    assert {g["name"] for g in loop.param_groups(model, 0.1, 1e-4, 0.1)} == {"head", "head_no_decay"}
+    assert {g["name"] for g in optim.param_groups(model, 0.1, 1e-4, 0.1)} == {"head", "head_no_decay"}
 
 
 def test_frozen_batchnorm_stays_in_eval_mode():
@@ -123,3 +123,52 @@ def test_runtime_resolution_on_cpu():
     assert forced.amp_dtype == torch.bfloat16 and forced.channels_last
     with pytest.raises(ConfigError, match="auto, on, off"):
         resolve_runtime("cpu", "fp8", "auto")
+
+
+def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from edgexfer.checkpoint import read_checkpoint_file
+    from edgexfer.training.state import restore_rng_state, rng_state
+
+    def draws():
+        return (torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.normal(), random.random())
+
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    np.random.normal()  # leaves a cached Gaussian in numpy's state, which must come back too
+    torch.save({"rng": rng_state(torch.device("cpu"))}, tmp_path / "state.pt")
+    expected = draws()
+    torch.manual_seed(9)
+    np.random.seed(9)
+    random.seed(9)
+    restore_rng_state(read_checkpoint_file(tmp_path / "state.pt")["rng"], torch.device("cpu"))
+    assert draws() == expected
+    # a last.pt from before numpy/Python states were saved: torch's state alone is restored
+    torch.manual_seed(5)
+    old = {"torch": torch.get_rng_state()}
+    want = torch.rand(2).tolist()
+    restore_rng_state(old, torch.device("cpu"))
+    assert torch.rand(2).tolist() == want
+
+
+@pytest.mark.parametrize(
+    "features, onednn, expected",
+    [
+        (["avx2", "avx512f", "avx512_bf16"], True, True),
+        (["avx2", "amx_bf16"], True, True),
+        (["avx2", "avx512f"], True, False),  # oneDNN emulates bf16 there: slower than fp32
+        (["avx512_bf16"], False, False),
+        ([], True, True),  # no feature list (not Linux): oneDNN decides
+    ],
+)
+def test_cpu_bf16_autocast_needs_native_bf16(monkeypatch, features, onednn, expected):
+    from edgexfer import hardware
+    from edgexfer.training import runtime
+
+    monkeypatch.setattr(hardware, "cpu_info", lambda: {"features": features})
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn, raising=False)
+    assert runtime.cpu_has_native_bf16() is expected
