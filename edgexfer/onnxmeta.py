@@ -58,20 +58,6 @@ class OnnxMeta:
             props[PREFIX + key] = str(value)
         return props
 
-    def with_(self, **changes: Any) -> "OnnxMeta":
-        """A copy with some fields changed (validated again)."""
-        fields = {
-            "arch": self.arch,
-            "class_names": list(self.class_names),
-            "preprocess": self.preprocess,
-            "input_format": self.input_format,
-            "precision": self.precision,
-            "target": self.target,
-            "extra": dict(self.extra or {}),
-        }
-        fields.update(changes)
-        return OnnxMeta(**fields)
-
 
 def set_metadata(model: Any, meta: OnnxMeta) -> Any:
     """Replace the edgexfer props of an ``onnx.ModelProto`` in place (others are kept); return it."""

@@ -165,91 +165,31 @@ def exported_run(
     tensorrt_int8: bool = False,
     size: int = 32,
     seed: int = 0,
-    use_stage: bool = True,
 ) -> Path:
-    """A run directory with a random-init resnet18 checkpoint and its exported ONNX artifacts.
+    """A run directory with a random-init resnet18 checkpoint, exported by the real export stage.
 
-    Uses the real export stage when it exists (``edgexfer.stages.export``); until then exports the
-    checkpoint the way docs/contracts.md describes and records ``onnx`` / ``onnx_int8_cpu`` /
-    ``onnx_int8_tensorrt`` in the manifest with the checkpoint as their input. ``use_stage=False``
-    forces that fallback (faster: no parity pass or calibration search).
+    ``run_export`` writes and records ``onnx`` and, as asked, ``onnx_int8_cpu`` / ``onnx_int8_tensorrt``
+    (minmax calibration on a small generated image folder, which also serves as the parity data). There
+    is deliberately no other way: a broken export stage must fail the tests that build on it.
     """
-    import importlib.util
-
-    from conftest import make_run_dir
-
-    make_run_dir(run_dir, size=size, seed=seed)
-    if (
-        use_stage
-        and importlib.util.find_spec("edgexfer.stages.export") is not None
-        and _export_stage_usable()
-    ):
-        try:
-            return _export_with_stage(run_dir, int8, tensorrt_int8)
-        except TypeError:  # the export stage's config changed shape; the contract-following fallback
-            pass
-    return _export_manually(run_dir, int8, tensorrt_int8, size)
-
-
-def _export_manually(run_dir: Path, int8: bool, tensorrt_int8: bool, size: int) -> Path:
-    """torch.onnx.export + quantize_static, recorded in the manifest as the export stage would."""
-    from edgexfer.checkpoint import load_checkpoint
-    from edgexfer.manifest import Manifest
-    from edgexfer.onnxmeta import OnnxMeta
-    from edgexfer.onnxmeta import set_metadata as set_meta
-
-    import onnx
-
-    model, meta = load_checkpoint(run_dir / "finetune" / "best.pt")
-    export_dir = run_dir / "export"
-    float_path = export_float(
-        model, export_dir / "model.onnx", size=size, class_names=meta.class_names, arch=meta.arch
-    )
-    base = OnnxMeta(arch=meta.arch, class_names=list(meta.class_names), preprocess=meta.preprocess)
-    onnx.save(set_meta(onnx.load(str(float_path)), base), str(float_path))
-    records = [("onnx", float_path, "onnx")]
-    if int8:
-        path = quantize_cpu(float_path, export_dir / "model_int8_cpu.onnx", size=size)
-        onnx.save(set_meta(onnx.load(str(path)), base.with_(precision="int8", target="cpu")), str(path))
-        records.append(("onnx_int8_cpu", path, "onnx-qdq"))
-    if tensorrt_int8:
-        path = quantize_cpu(float_path, export_dir / "model_int8_tensorrt.onnx", size=size, symmetric=True)
-        onnx.save(set_meta(onnx.load(str(path)), base.with_(precision="int8", target="tensorrt")), str(path))
-        records.append(("onnx_int8_tensorrt", path, "onnx-qdq"))
-    with Manifest.update(run_dir) as manifest:
-        for name, path, kind in records:
-            manifest.add_artifact(name, path, kind=kind, stage="export", inputs=["checkpoint"])
-    return run_dir
-
-
-def _export_stage_usable() -> bool:
-    """The export stage may exist as a file before it has run_export; use it only when complete."""
-    try:
-        from edgexfer.stages import export
-
-        return hasattr(export, "run_export") and hasattr(export, "ExportConfig")
-    except Exception:  # noqa: BLE001 - a half-written module of another engineer
-        return False
-
-
-def _export_with_stage(run_dir: Path, int8: bool, tensorrt_int8: bool) -> Path:
-    """Export through the real stage, with a small generated image folder for calibration and parity."""
-    from conftest import make_image_folder
+    from conftest import make_image_folder, make_run_dir
     from edgexfer.stages.export import ExportConfig, run_export
 
+    make_run_dir(run_dir, size=size, seed=seed)
     targets = [t for t, wanted in (("cpu", int8), ("tensorrt", tensorrt_int8)) if wanted]
     images = make_image_folder(run_dir / "_export_images", per_class=6, size=40, seed=5)
-    kwargs = {
-        "run_dir": run_dir,
-        "progress": False,
-        "eval_data": images,
-        "eval_size": 18,
-        "parity_images": 8,
-        "calib": images,
-        "calib_size": 18,
-        "calib_method": "minmax",
-    }
-    if targets:
-        kwargs.update({"int8": True, "target": targets[0] if len(targets) == 1 else "all"})
-    run_export(ExportConfig(**kwargs))
+    run_export(
+        ExportConfig(
+            run_dir=run_dir,
+            progress=False,
+            eval_data=images,
+            eval_size=18,
+            parity_images=8,
+            calib=images,
+            calib_size=18,
+            calib_method="minmax",
+            int8=bool(targets),
+            target=targets[0] if len(targets) == 1 else "all",
+        )
+    )
     return run_dir

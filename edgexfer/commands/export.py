@@ -1,21 +1,41 @@
-"""``edgexfer export RUN_DIR``: float ONNX, an optional uint8-input variant, optional INT8 per target."""
+"""``edgexfer export RUN_DIR``: float ONNX, an optional uint8-input variant, optional INT8 per target.
+
+Choices and defaults come from the stage (:class:`~edgexfer.stages.export.config.ExportConfig`), and
+:func:`config_from_params` is the one mapping from these options to the config, used by the CLI and
+by the YAML pipeline alike.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict
 
 import click
+
+from edgexfer.backends.trt_compat import TRT8_MAX_OPSET
+from edgexfer.quant.ranges import METHOD_CHOICES
+from edgexfer.stages.export.config import MAX_OPSET, MIN_OPSET, TARGET_CHOICES, UINT8_LAYOUTS, ExportConfig
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExportConfig)}
+
+
+def config_from_params(params: Dict[str, Any], progress: bool) -> ExportConfig:
+    """The :class:`ExportConfig` of the command's click parameters (``--no-*`` flags inverted)."""
+    values = dict(params)
+    shared_cache = not values.pop("no_shared_cache")
+    no_progress = values.pop("no_progress")
+    return ExportConfig(shared_cache=shared_cache, progress=progress and not no_progress, **values)
 
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option(
     "--opset",
-    default=17,
+    default=_DEFAULTS["opset"],
     show_default=True,
     type=int,
-    help="ONNX opset (13-20); TensorRT 8.5/8.6 parse <= 17.",
+    help=f"ONNX opset ({MIN_OPSET}-{MAX_OPSET}); TensorRT 8.5/8.6 parse <= {TRT8_MAX_OPSET}.",
 )
 @click.option(
     "--uint8-input",
@@ -24,16 +44,16 @@ import click
 )
 @click.option(
     "--uint8-layout",
-    type=click.Choice(["nhwc", "nchw"], case_sensitive=False),
-    default="nhwc",
+    type=click.Choice(UINT8_LAYOUTS, case_sensitive=False),
+    default=_DEFAULTS["uint8_layout"],
     show_default=True,
     help="Layout of the uint8 input (decoded images are NHWC).",
 )
 @click.option("--int8", is_flag=True, help="Also write INT8 QDQ models (needs calibration images).")
 @click.option(
     "--target",
-    type=click.Choice(["cpu", "tensorrt", "all"]),
-    default="all",
+    type=click.Choice(TARGET_CHOICES),
+    default=_DEFAULTS["target"],
     show_default=True,
     help="cpu: U8 activations / S8 per-channel weights (ORT, OpenVINO on x86); tensorrt: "
     "symmetric S8 QDQ by TensorRT's rules.",
@@ -46,15 +66,15 @@ import click
 )
 @click.option(
     "--calib-size",
-    default=512,
+    default=_DEFAULTS["calib_size"],
     show_default=True,
     type=int,
     help="Calibration images, sampled deterministically (--seed).",
 )
 @click.option(
     "--calib-method",
-    type=click.Choice(["minmax", "entropy", "percentile", "auto"]),
-    default="auto",
+    type=click.Choice(METHOD_CHOICES),
+    default=_DEFAULTS["calib_method"],
     show_default=True,
     help="auto: try all, keep the one agreeing best with float on held-out images.",
 )
@@ -66,7 +86,7 @@ import click
 )
 @click.option(
     "--max-fallback",
-    default=16,
+    default=_DEFAULTS["max_fallback"],
     show_default=True,
     type=int,
     help="Most layers the guard may keep in float before it gives up (exit 3).",
@@ -78,17 +98,36 @@ import click
     help="Labelled folder <class>/<image> for parity and INT8 scoring [the run's val split].",
 )
 @click.option(
-    "--eval-size", default=1000, show_default=True, type=int, help="Held-out images for INT8 scoring."
+    "--eval-size",
+    default=_DEFAULTS["eval_size"],
+    show_default=True,
+    type=int,
+    help="Held-out images for INT8 scoring.",
 )
 @click.option(
     "--auto-eval-size",
-    default=300,
+    default=_DEFAULTS["auto_eval_size"],
     show_default=True,
     type=int,
     help="Held-out images on which --calib-method auto compares the methods.",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option(
+    "--parity-images",
+    default=_DEFAULTS["parity_images"],
+    show_default=True,
+    type=int,
+    help="Held-out images on which the float and uint8 models are checked against their reference.",
+)
+@click.option(
+    "--parity-atol",
+    default=_DEFAULTS["parity_atol"],
+    show_default=True,
+    type=float,
+    help="Parity gate: max abs logit difference <= atol + rtol * max|reference logit|.",
+)
+@click.option("--parity-rtol", default=_DEFAULTS["parity_rtol"], show_default=True, type=float)
+@click.option("--seed", default=_DEFAULTS["seed"], show_default=True, type=int)
+@click.option("--batch-size", default=_DEFAULTS["batch_size"], show_default=True, type=int)
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path),
@@ -99,45 +138,29 @@ import click
     "--no-shared-cache", is_flag=True, help="Cache calibration ranges only inside the run directory."
 )
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def export(
-    run_dir: Path,
-    uint8_layout: str,
-    no_shared_cache: bool,
-    no_progress: bool,
-    cache_dir: Optional[Path],
-    **options: Any,
-) -> None:
+def export(**_: Any) -> None:
     """Export a run's best checkpoint to ONNX (checked against torch), optionally INT8 per target."""
     from edgexfer.console import progress_enabled
-    from edgexfer.stages.export import ExportConfig, run_export
+    from edgexfer.stages.export import run_export
 
-    config = ExportConfig(
-        run_dir=run_dir,
-        uint8_layout=uint8_layout.upper(),
-        shared_cache=not no_shared_cache,
-        cache_dir=cache_dir,
-        progress=progress_enabled() and not no_progress,
-        **options,
-    )
+    config = config_from_params(click.get_current_context().params, progress_enabled())
     result = run_export(config)
     for name, path in result.paths.items():
-        metrics = result.metrics[name]
-        if "drop" in metrics:
-            detail = (
-                f"{metrics['calib_method']}, top-1 {metrics['float_top1']:.2f} -> {metrics['int8_top1']:.2f} "
-                f"(drop {metrics['drop']:.2f}) on {metrics['eval_images']} held-out images"
-                + (
-                    f", {len(metrics['excluded_nodes'])} layer(s) in float"
-                    if metrics["excluded_nodes"]
-                    else ""
-                )
-            )
-        else:
-            detail = (
-                f"max abs diff {metrics['max_abs_diff']:.2e}, top-1 agreement "
-                f"{metrics['top1_agreement']:.4f}" + (" (up to date)" if metrics.get("reused") else "")
-            )
-        click.echo(f"{name:<20} {path}  [{detail}]")
-    click.echo(f"manifest: {run_dir / 'manifest.json'}")
+        click.echo(f"{name:<20} {path}  [{_detail(result.metrics[name])}]")
+    click.echo(f"manifest: {config.run_dir / 'manifest.json'}")
     precision = "int8" if config.int8 else "fp32"
-    click.echo(f"next: edgexfer build {run_dir} --backend onnxruntime --precision {precision}")
+    click.echo(f"next: edgexfer build {config.run_dir} --backend onnxruntime --precision {precision}")
+
+
+def _detail(metrics: Dict[str, Any]) -> str:
+    """One artifact's line: the INT8 accuracy summary, or the float/uint8 parity."""
+    if "drop" in metrics:
+        return (
+            f"{metrics['calib_method']}, top-1 {metrics['float_top1']:.2f} -> {metrics['int8_top1']:.2f} "
+            f"(drop {metrics['drop']:.2f}) on {metrics['eval_images']} held-out images"
+            + (f", {len(metrics['excluded_nodes'])} layer(s) in float" if metrics["excluded_nodes"] else "")
+        )
+    return (
+        f"max abs diff {metrics['max_abs_diff']:.2e}, top-1 agreement "
+        f"{metrics['top1_agreement']:.4f}" + (" (up to date)" if metrics.get("reused") else "")
+    )

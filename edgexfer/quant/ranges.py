@@ -69,7 +69,6 @@ def collect_ranges(
     would compute. Activations are buffered up to ``max_buffer_bytes`` before they are added to the
     histograms (all at once, as ORT does, when they fit).
     """
-    from onnxruntime.quantization.calibrate import HistogramCollector
     from tqdm import tqdm
 
     unknown = [m for m in methods if m not in METHODS]
@@ -82,18 +81,7 @@ def collect_ranges(
     output_names = [o.name for o in session.get_outputs()]
     lows: Dict[str, float] = {}
     highs: Dict[str, float] = {}
-    collectors = {
-        m: HistogramCollector(
-            method=m,
-            num_quantized_bins=COLLECTOR_OPTIONS[m].get("num_quantized_bins", 128),
-            percentile=COLLECTOR_OPTIONS[m].get("percentile", 99.999),
-            scenario="same",
-            symmetric=COLLECTOR_OPTIONS[m]["symmetric"],
-            num_bins=COLLECTOR_OPTIONS[m]["num_bins"],
-        )
-        for m in methods
-        if m != "minmax"
-    }
+    collectors = {m: _histogram_collector(m) for m in methods if m != "minmax"}
     buffered: Dict[str, List[np.ndarray]] = {name: [] for name in tensors}
     size = 0
 
@@ -126,20 +114,36 @@ def collect_ranges(
     if "minmax" in methods:
         result["minmax"] = {name: (lows[name], highs[name]) for name in tensors}
     for method, collector in collectors.items():
-        if (
-            method == "entropy"
-        ):  # ORT's KL search, vectorised: its pure-Python loops take minutes at 2048 bins
-            computed = {
-                name: entropy_range(
-                    hist[0], hist[1], hist[2], hist[3], COLLECTOR_OPTIONS["entropy"]["num_quantized_bins"]
-                )
-                for name, hist in collector.get_histogram_dict().items()
-            }
-        else:
-            with contextlib.redirect_stdout(io.StringIO()):
-                computed = collector.compute_collection_result()
-        result[method] = {name: (_scalar(value[0]), _scalar(value[1])) for name, value in computed.items()}
+        result[method] = _histogram_ranges(method, collector)
     return result
+
+
+def _histogram_collector(method: str) -> Any:
+    """ONNX Runtime's ``HistogramCollector`` for ``method`` with :data:`COLLECTOR_OPTIONS`."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    options = COLLECTOR_OPTIONS[method]
+    return HistogramCollector(
+        method=method,
+        num_quantized_bins=options.get("num_quantized_bins", 128),
+        percentile=options.get("percentile", 99.999),
+        scenario="same",
+        symmetric=options["symmetric"],
+        num_bins=options["num_bins"],
+    )
+
+
+def _histogram_ranges(method: str, collector: Any) -> Ranges:
+    """The ranges a filled histogram collector gives for ``method``."""
+    if method == "entropy":  # ORT's KL search, vectorised: its pure-Python loops take minutes at 2048 bins
+        computed = {
+            name: entropy_range(hist[0], hist[1], hist[2], hist[3], COLLECTOR_OPTIONS["entropy"]["num_quantized_bins"])
+            for name, hist in collector.get_histogram_dict().items()
+        }
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT's collectors print progress to stdout
+            computed = collector.compute_collection_result()
+    return {name: (_scalar(value[0]), _scalar(value[1])) for name, value in computed.items()}
 
 
 def entropy_range(

@@ -123,7 +123,7 @@ def test_option_for_another_backend_is_refused(cli_runner, run):
 
 
 def test_missing_int8_source_says_which_export_to_run(cli_runner, tmp_path):
-    run = factory.exported_run(tmp_path / "floatonly", int8=False, use_stage=False)
+    run = factory.exported_run(tmp_path / "floatonly", int8=False)
     code, _, err = cli_runner("build", str(run), "--backend", "openvino", "--precision", "int8")
     assert code == 2
     assert "needs the 'onnx_int8_cpu' artifact" in err and "--int8 --target cpu" in err
@@ -141,7 +141,7 @@ def test_smoke_check_catches_a_wrong_model_and_records_nothing(run, images):
     from edgexfer.errors import ParityError
     from edgexfer.fsutil import sha256_file
 
-    other = factory.exported_run(run.parent / "other", int8=True, seed=1, use_stage=False)
+    other = factory.exported_run(run.parent / "other", int8=True, seed=1)
     target = run / "export" / "model_int8_cpu.onnx"
     before = sha256_file(target)
     shutil.copy(other / "export" / "model_int8_cpu.onnx", target)

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import qdq_audit
 from conftest import make_image_folder
 from edgexfer.fsutil import sha256_file
 from edgexfer.manifest import Manifest
 from edgexfer.onnxmeta import read_metadata
-from edgexfer.quant import rules
+from edgexfer.quant import graph, rules
 
 
 def _leftovers(run: Path):
@@ -65,7 +66,8 @@ def test_cli_export_int8_cpu(cli_runner, random_run_data, tmp_path):
     assert (meta.precision, meta.target, meta.input_format) == ("int8", "cpu", "float_nchw")
     import onnx
 
-    assert rules.check_rules(onnx.load(str(model_path)), "cpu") == []
+    model = onnx.load(str(model_path))
+    assert rules.check_rules(model, rules.QdqRules.cpu()) == [] and qdq_audit.cpu_problems(model) == []
     assert manifest.stage("export")["status"] == "done"
     assert not manifest.has("onnx_int8_tensorrt") and _leftovers(run) == []
 
@@ -131,12 +133,14 @@ def test_fewer_calibration_images_warns_with_count(cli_runner, random_run_data, 
     import onnx
 
     model = onnx.load(str(run / "export" / "model_int8_tensorrt.onnx"))
-    assert rules.check_rules(model, "tensorrt") == [] and rules.default_opset(model) == 17
+    assert rules.check_rules(model, rules.QdqRules.tensorrt()) == [] and graph.default_opset(model) == 17
+    assert qdq_audit.tensorrt_problems(model) == []  # TensorRT's requirements, checked independently
 
 
 @pytest.mark.slow
 def test_export_trained_run_end_to_end(trained_run_copy, tmp_path):
     """Default recipe on a trained run: float + uint8 + INT8 for both targets, then a cached re-run."""
+    import onnx
     import onnxruntime as ort
 
     from edgexfer.data import samples_for_run
@@ -166,12 +170,30 @@ def test_export_trained_run_end_to_end(trained_run_copy, tmp_path):
     pixels = np.stack([meta.preprocess.to_uint8(val.image(i), "NHWC") for i in range(len(val))])
     u8 = ort.InferenceSession(str(result.paths["onnx_uint8"]), providers=["CPUExecutionProvider"])
     assert (u8.run(None, {"input": pixels})[0].argmax(1) == val.labels).mean() >= 0.95
+    floats = np.stack([meta.preprocess.to_array(val.image(i)) for i in range(len(val))])
+
+    def logits_of(name):
+        session = ort.InferenceSession(str(result.paths[name]), providers=["CPUExecutionProvider"])
+        return session.run(None, {"input": floats})[0]
+
+    float_logits = logits_of("onnx")
     for target in ("cpu", "tensorrt"):
         m = manifest.get(f"onnx_int8_{target}").metrics
         assert set(m["method_scores"]) == {"minmax", "entropy", "percentile"}
-        best = max(m["method_scores"].values(), key=lambda s: (s["agreement"], s["snr_db"]))
-        assert m["method_scores"][m["calib_method"]] == best
+        # the written model, measured here on the 48 val images (all of them: eval_size 1000)
+        logits = logits_of(f"onnx_int8_{target}")
+        int8_top1 = 100.0 * float(np.mean(logits.argmax(1) == val.labels))
+        float_top1 = 100.0 * float(np.mean(float_logits.argmax(1) == val.labels))
+        agreement = float(np.mean(logits.argmax(1) == float_logits.argmax(1)))
+        assert (m["float_top1"], m["int8_top1"]) == (pytest.approx(float_top1), pytest.approx(int8_top1))
+        assert m["drop"] == pytest.approx(float_top1 - int8_top1) and m["agreement"] == pytest.approx(agreement)
+        # it is the method recorded as kept, and no other method agreed better with float
+        kept = m["method_scores"][m["calib_method"]]
+        assert (kept["top1"], kept["agreement"]) == (pytest.approx(int8_top1), pytest.approx(agreement))
+        assert all(s["agreement"] <= agreement for s in m["method_scores"].values())
         assert m["float_top1"] >= 95.0 and m["drop"] <= 5.0 and m["eval_images"] == 48
+        audit = qdq_audit.tensorrt_problems if target == "tensorrt" else qdq_audit.cpu_problems
+        assert audit(onnx.load(str(result.paths[f"onnx_int8_{target}"])), m["excluded_nodes"]) == []
         assert m["calib_images"] == 48 and m["calib_source"].startswith("train split")
         assert m["calib_cache_hit"] == {"minmax": False, "entropy": False, "percentile": False}
     first = {name: sha256_file(path) for name, path in result.paths.items()}

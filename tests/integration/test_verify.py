@@ -63,7 +63,8 @@ def _add_damaged_artifact(run: Path) -> str:
     import torch
 
     from edgexfer.checkpoint import load_checkpoint
-    from edgexfer.stages.export import DEFAULT_OPSET, export_float
+    from edgexfer.stages.export.config import DEFAULT_OPSET
+    from edgexfer.stages.export.onnx_models import export_float
 
     pytest.importorskip("openvino")
     model, meta = load_checkpoint(run / "finetune" / "best.pt")

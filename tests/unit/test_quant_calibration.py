@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -11,8 +13,10 @@ import pytest
 
 import onnx_factory as factory
 from conftest import make_image_folder
-from edgexfer import calibration as calib
 from edgexfer.errors import ConfigError, DataError
+from edgexfer.quant import cache as qcache
+from edgexfer.quant import ranges as qranges
+from edgexfer.quant import calibration as calib
 from edgexfer.preprocess import Preprocess
 
 SPEC = Preprocess(size=32, resize_size=32, augment="none")
@@ -51,9 +55,28 @@ def test_folder_set_uses_eval_preprocessing_recursively(tmp_path, caplog):
     assert again.paths == calib.folder_calibration_set(tmp_path / "calib", SPEC, size=5, seed=0).paths
     # the fingerprint follows the data: another sample, other preprocessing
     assert again.fingerprint != cs.fingerprint
-    other = calib.folder_calibration_set(tmp_path / "calib", SPEC.with_(mean=(0.5, 0.5, 0.5)), size=20)
+    other = calib.folder_calibration_set(tmp_path / "calib", dataclasses.replace(SPEC, mean=(0.5, 0.5, 0.5)), size=20)
     assert other.fingerprint != cs.fingerprint
     assert calib.folder_calibration_set(tmp_path / "calib", SPEC, size=20).fingerprint == cs.fingerprint
+
+
+def test_fingerprint_is_computed_once_over_read_only_arrays(monkeypatch):
+    """The sha256 over hundreds of MB is taken once; the arrays cannot change under the cached value."""
+    rng = np.random.default_rng(0)
+    arrays = rng.normal(size=(4, 3, 8, 8)).astype(np.float32)
+    cs = calib.CalibrationSet(arrays, np.zeros(arrays.shape, np.uint8), source="test")
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(calib.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    first = cs.fingerprint
+    assert [cs.fingerprint for _ in range(5)] == [first] * 5 and len(calls) == 1
+    digest = real(f"{arrays.shape}|{arrays.dtype}".encode("utf-8"))
+    digest.update(arrays.tobytes())
+    assert first == digest.hexdigest()
+    with pytest.raises(ValueError, match="read-only"):
+        cs.arrays[0, 0, 0, 0] = 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        cs.pixels[0, 0, 0, 0] = 1
 
 
 def test_bad_calibration_folders(tmp_path):
@@ -73,7 +96,7 @@ def test_one_pass_ranges_equal_onnxruntime_calibrators(tiny_onnx, tmp_path):
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     path, inputs = tiny_onnx
-    ours = calib.collect_ranges(path, inputs, calib.METHODS, batch_size=8)
+    ours = qranges.collect_ranges(path, inputs, qranges.METHODS, batch_size=8)
     ort_methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -117,7 +140,7 @@ def test_entropy_search_equals_onnxruntime():
         "normal": rng.normal(size=50000).astype(np.float32),
         "relu_heavy_tail": np.maximum(rng.standard_t(3, size=50000), 0).astype(np.float32),
     }
-    options = calib.COLLECTOR_OPTIONS["entropy"]
+    options = qranges.COLLECTOR_OPTIONS["entropy"]
     assert options["num_bins"] == 2048  # not ORT's 128, where the search has a single candidate
     collector = HistogramCollector(
         method="entropy",
@@ -130,11 +153,11 @@ def test_entropy_search_equals_onnxruntime():
     collector.collect(data)
     for name, hist in collector.get_histogram_dict().items():
         theirs = collector.get_entropy_threshold(hist, 128)
-        ours = calib.entropy_range(hist[0], hist[1], hist[2], hist[3], 128)
+        ours = qranges.entropy_range(hist[0], hist[1], hist[2], hist[3], 128)
         assert ours == (float(theirs[0]), float(theirs[1])), name
         assert hist[2] <= ours[0] < ours[1] <= hist[3]
     # on a heavy tail the KL range clips well inside the observed maximum, unlike minmax
-    assert calib.entropy_range(*collector.get_histogram_dict()["relu_heavy_tail"][:4], 128)[1] < 0.8 * float(
+    assert qranges.entropy_range(*collector.get_histogram_dict()["relu_heavy_tail"][:4], 128)[1] < 0.8 * float(
         data["relu_heavy_tail"].max()
     )
 
@@ -143,14 +166,14 @@ def test_cache_keys_and_hits(tiny_onnx, tmp_path, monkeypatch):
     path, inputs = tiny_onnx
     cs = calib.CalibrationSet(inputs, np.zeros(inputs.shape, np.uint8), source="test")
     keys = {
-        calib.cache_key("m1", "c1", "minmax"),
-        calib.cache_key("m2", "c1", "minmax"),
-        calib.cache_key("m1", "c2", "minmax"),
-        calib.cache_key("m1", "c1", "entropy"),
+        qcache.cache_key("m1", "c1", "minmax"),
+        qcache.cache_key("m2", "c1", "minmax"),
+        qcache.cache_key("m1", "c2", "minmax"),
+        qcache.cache_key("m1", "c1", "entropy"),
     }
-    assert len(keys) == 4 and calib.cache_key("m1", "c1", "minmax") == calib.cache_key("m1", "c1", "minmax")
-    cache = calib.RangeCache([tmp_path / "run_cache", tmp_path / "shared"])
-    first, hits = calib.ranges_for(path, "sha-a", cs, ["minmax", "percentile"], cache)
+    assert len(keys) == 4 and qcache.cache_key("m1", "c1", "minmax") == qcache.cache_key("m1", "c1", "minmax")
+    cache = qcache.RangeCache([tmp_path / "run_cache", tmp_path / "shared"])
+    first, hits = qcache.ranges_for(path, "sha-a", cs, ["minmax", "percentile"], cache)
     assert hits == {"minmax": False, "percentile": False}
     assert (
         len(list((tmp_path / "shared").glob("*.json"))) == 2
@@ -160,24 +183,24 @@ def test_cache_keys_and_hits(tiny_onnx, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("calibration ran although the ranges were cached")
 
-    monkeypatch.setattr(calib, "collect_ranges", fail)
-    second, hits = calib.ranges_for(path, "sha-a", cs, ["minmax", "percentile"], cache)
+    monkeypatch.setattr(qcache, "collect_ranges", fail)
+    second, hits = qcache.ranges_for(path, "sha-a", cs, ["minmax", "percentile"], cache)
     assert hits == {"minmax": True, "percentile": True} and second == first
     # the run-dir copy alone is enough; a corrupt file is a miss, never an error
     for file in (tmp_path / "shared").glob("*.json"):
         file.write_text("{broken")
-    assert calib.ranges_for(path, "sha-a", cs, ["minmax"], cache)[1] == {"minmax": True}
+    assert qcache.ranges_for(path, "sha-a", cs, ["minmax"], cache)[1] == {"minmax": True}
     monkeypatch.undo()
     # another model hash or another calibration set is never served the old ranges
-    _, hits = calib.ranges_for(path, "sha-b", cs, ["minmax"], cache)
+    _, hits = qcache.ranges_for(path, "sha-b", cs, ["minmax"], cache)
     assert hits == {"minmax": False}
     changed = calib.CalibrationSet(inputs[:12], np.zeros(inputs[:12].shape, np.uint8), source="test")
-    assert calib.ranges_for(path, "sha-a", changed, ["minmax"], cache)[1] == {"minmax": False}
+    assert qcache.ranges_for(path, "sha-a", changed, ["minmax"], cache)[1] == {"minmax": False}
 
 
 def _hammer(args):
     folder, worker = args
-    cache = calib.RangeCache([folder])
+    cache = qcache.RangeCache([folder])
     ranges = {f"t{i}": (float(-i - worker), float(i + worker)) for i in range(200)}
     for _ in range(15):
         cache.store("samekey", ranges, {"worker": worker})
@@ -198,8 +221,8 @@ def test_cache_is_safe_for_two_processes(tmp_path):
 def test_chunked_histograms_stay_close(tiny_onnx):
     """With a tiny buffer the histograms are merged chunk by chunk: same minmax, entropy/percentile close."""
     path, inputs = tiny_onnx
-    whole = calib.collect_ranges(path, inputs, calib.METHODS, batch_size=8)
-    chunked = calib.collect_ranges(path, inputs, calib.METHODS, batch_size=8, max_buffer_bytes=1)
+    whole = qranges.collect_ranges(path, inputs, qranges.METHODS, batch_size=8)
+    chunked = qranges.collect_ranges(path, inputs, qranges.METHODS, batch_size=8, max_buffer_bytes=1)
     assert chunked["minmax"] == whole["minmax"]
     for method in ("entropy", "percentile"):
         for name, (low, high) in whole[method].items():

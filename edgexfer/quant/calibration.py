@@ -1,44 +1,26 @@
-"""INT8 calibration: the image set, the ONNX Runtime data reader and the range cache.
+"""INT8 calibration images: the sampled, preprocessed set and the ONNX Runtime data reader over it.
 
 The calibration images go through exactly the evaluation preprocessing (:meth:`Preprocess.to_array`
 from the checkpoint's metadata). Ranges for every calibration method are collected in **one**
-inference pass over the set (:mod:`edgexfer.quant.ranges`), so ``--calib-method auto`` costs one pass.
-
-Computed ranges are cached by (float model hash, calibration arrays hash, method, collector options,
-ONNX Runtime version): a re-run skips calibration, and a changed model, image set, preprocessing or
-sample is a different key, so stale ranges are never served. Cache files are written atomically, so
-two processes may share a cache folder.
+inference pass over the set (:mod:`edgexfer.quant.ranges`) and cached (:mod:`edgexfer.quant.cache`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from edgexfer.errors import ConfigError, DataError
-from edgexfer.fsutil import atomic_write_json
 from edgexfer.preprocess import Preprocess, is_image_file, load_image
-from edgexfer.quant.ranges import (  # noqa: F401 - re-exported: the calibration API in one place
-    COLLECTOR_OPTIONS,
-    METHOD_CHOICES,
-    METHODS,
-    Ranges,
-    calibration_tensors,
-    collect_ranges,
-    entropy_range,
-    tensors_data,
-)
 
 log = logging.getLogger(__name__)
-
-CACHE_FORMAT = "edgexfer-calib-ranges-1"
 
 
 # ---- the image set -------------------------------------------------------------------------------
@@ -47,7 +29,8 @@ class CalibrationSet:
     """Preprocessed calibration inputs: ``arrays`` (N, 3, H, W) float32 from ``Preprocess.to_array``.
 
     ``pixels`` (N, 3, H, W) uint8 from ``Preprocess.to_uint8`` feeds models with a uint8 input.
-    ``fingerprint`` hashes the arrays themselves, so images, preprocessing and sampling are all in it.
+    ``fingerprint`` hashes the arrays themselves, so images, preprocessing and sampling are all in it;
+    it is computed once (hundreds of MB at 512 x 224 x 224), so the arrays are made read-only.
     """
 
     arrays: np.ndarray
@@ -56,10 +39,15 @@ class CalibrationSet:
     paths: List[str] = field(default_factory=list)
     available: int = 0
 
+    def __post_init__(self) -> None:
+        # the cached fingerprint must keep describing the arrays
+        self.arrays.flags.writeable = False
+        self.pixels.flags.writeable = False
+
     def __len__(self) -> int:
         return int(self.arrays.shape[0])
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """sha256 over the float arrays (shape, dtype and bytes)."""
         digest = hashlib.sha256(f"{self.arrays.shape}|{self.arrays.dtype}".encode("utf-8"))
@@ -235,106 +223,3 @@ def make_reader(inputs: np.ndarray, batch_size: int = 16, input_name: str = "inp
             return len(self.batches)
 
     return ArrayReader()
-
-
-# ---- the cache -----------------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """The shared cache folder: ``$EDGEXFER_CACHE/calib`` or ``~/.cache/edgexfer/calib``."""
-    base = os.environ.get("EDGEXFER_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "edgexfer") / "calib"
-
-
-def cache_key(model_sha256: str, calib_fingerprint: str, method: str) -> str:
-    """The cache key: model hash, calibration-set hash, method and its options, ORT version."""
-    import onnxruntime
-
-    parts = {
-        "format": CACHE_FORMAT,
-        "model": model_sha256,
-        "calib": calib_fingerprint,
-        "method": method,
-        "options": COLLECTOR_OPTIONS[method],
-        "onnxruntime": onnxruntime.__version__,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-class RangeCache:
-    """Calibration ranges on disk, looked up in each folder of ``folders`` in order, written to all."""
-
-    def __init__(self, folders: Iterable["os.PathLike[str] | str"]):
-        self.folders = [Path(f) for f in folders]
-
-    def path(self, folder: Path, key: str) -> Path:
-        """The file of ``key`` in ``folder``."""
-        return folder / f"{key}.json"
-
-    def load(self, key: str) -> Optional[Ranges]:
-        """The cached ranges of ``key``, or None (a corrupt or foreign file counts as a miss)."""
-        for folder in self.folders:
-            path = self.path(folder, key)
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if data.get("format") != CACHE_FORMAT or data.get("key") != key:
-                continue
-            return {name: (float(lo), float(hi)) for name, (lo, hi) in data["ranges"].items()}
-        return None
-
-    def store(self, key: str, ranges: Ranges, info: Dict[str, Any]) -> List[Path]:
-        """Write ``ranges`` under ``key`` to every folder (atomically); return the files written."""
-        written = []
-        payload = {
-            "format": CACHE_FORMAT,
-            "key": key,
-            "info": info,
-            "ranges": {name: [lo, hi] for name, (lo, hi) in ranges.items()},
-        }
-        for folder in self.folders:
-            try:
-                atomic_write_json(self.path(folder, key), payload)
-                written.append(self.path(folder, key))
-            except OSError as exc:  # a read-only shared cache must not fail the export
-                log.warning("cannot write calibration cache in %s: %s", folder, exc)
-        return written
-
-
-def ranges_for(
-    model_path: "os.PathLike[str] | str",
-    model_sha256: str,
-    calib: CalibrationSet,
-    methods: Sequence[str],
-    cache: Optional[RangeCache],
-    batch_size: int = 16,
-    progress: bool = False,
-) -> Tuple[Dict[str, Ranges], Dict[str, bool]]:
-    """Ranges per method, from the cache where present, else collected (one pass) and cached.
-
-    Returns ``(ranges by method, cache hit by method)``.
-    """
-    keys = {m: cache_key(model_sha256, calib.fingerprint, m) for m in methods}
-    found: Dict[str, Ranges] = {}
-    if cache is not None:
-        for method in methods:
-            hit = cache.load(keys[method])
-            if hit is not None:
-                found[method] = hit
-    missing = [m for m in methods if m not in found]
-    if missing:
-        computed = collect_ranges(model_path, calib.inputs("float_nchw"), missing, batch_size, progress)
-        for method in missing:
-            found[method] = computed[method]
-            if cache is not None:
-                cache.store(
-                    keys[method],
-                    computed[method],
-                    {
-                        "method": method,
-                        "model_sha256": model_sha256,
-                        "calib_fingerprint": calib.fingerprint,
-                        "calib_source": calib.source,
-                        "calib_images": len(calib),
-                    },
-                )
-    return found, {m: m not in missing for m in methods}

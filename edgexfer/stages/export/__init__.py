@@ -1,0 +1,89 @@
+"""The export stage: the run's best checkpoint to a float ONNX model, an optional uint8-input variant,
+and optional INT8 QDQ models per target family, each checked before it is moved into place and recorded.
+
+- :mod:`~edgexfer.stages.export.config`: :class:`ExportConfig` (``edgexfer export``'s options);
+- :mod:`~edgexfer.stages.export.onnx_models`: the float model (parity vs torch) and the uint8 variant;
+- :mod:`~edgexfer.stages.export.int8`: the INT8 models (quantization itself lives in :mod:`edgexfer.quant`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict
+
+from edgexfer.errors import ArtifactError
+from edgexfer.manifest import Manifest, now_iso
+from edgexfer.stages.export.config import STAGE, ExportConfig
+from edgexfer.stages.export.int8 import int8_models
+from edgexfer.stages.export.onnx_models import float_model, load_eval_slice, uint8_model
+
+
+@dataclass
+class ExportResult:
+    """What the stage wrote: artifact name -> path, and its metrics."""
+
+    run_dir: Path
+    paths: Dict[str, Path] = field(default_factory=dict)
+    metrics: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+
+def run_export(config: ExportConfig) -> ExportResult:
+    """Export the run's checkpoint (float, optional uint8 variant, optional INT8 per target) and record it."""
+    from edgexfer.checkpoint import load_checkpoint
+
+    started = now_iso()
+    manifest = Manifest.open(config.run_dir)
+    if not manifest.has("checkpoint"):
+        raise ArtifactError(
+            f"run directory '{config.run_dir}' has no checkpoint; run 'edgexfer finetune "
+            f"--out {config.run_dir}' first"
+        )
+    manifest.require("checkpoint")
+    torch_model, meta = load_checkpoint(manifest.path_of("checkpoint"))
+    eval_slice = load_eval_slice(config, meta)
+    calib, calib_load_seconds = None, 0.0
+    if config.int8:  # a missing quantizer or bad calibration input fails before anything is written
+        from edgexfer.quant.calibration import run_calibration_set
+        from edgexfer.quant.ort_quantize import check_quantizer
+
+        check_quantizer()
+        begin = time.perf_counter()
+        calib = run_calibration_set(
+            config.run_dir, config.calib, meta.preprocess, config.calib_size, config.seed, config.progress
+        )
+        calib_load_seconds = time.perf_counter() - begin
+    result = ExportResult(config.run_dir)
+    float_path = config.run_dir / "export" / "model.onnx"
+    float_metrics = float_model(config, manifest, torch_model, meta, eval_slice, float_path)
+    result.paths["onnx"], result.metrics["onnx"] = float_path, float_metrics
+    if config.uint8_input:
+        name, path, metrics = uint8_model(config, meta, eval_slice, float_path)
+        result.paths[name], result.metrics[name] = path, metrics
+    if calib is not None:
+        for name, (path, metrics) in int8_models(
+            config, meta, eval_slice, float_path, calib, calib_load_seconds
+        ).items():
+            result.paths[name], result.metrics[name] = path, metrics
+    with Manifest.update(config.run_dir) as manifest:
+        manifest.record_stage(
+            STAGE, config.to_dict(), {k: _headline(v) for k, v in result.metrics.items()}, started=started
+        )
+    return result
+
+
+def _headline(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """The few metrics of an artifact that the stage record repeats."""
+    keys = (
+        "max_abs_diff",
+        "top1_agreement",
+        "float_top1",
+        "int8_top1",
+        "drop",
+        "calib_method",
+        "export_seconds",
+        "calib_seconds",
+        "quantize_seconds",
+    )
+    return {k: metrics[k] for k in keys if k in metrics}
