@@ -17,8 +17,8 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> Any:
     """The :class:`VerifyConfig` for this command's click parameters (CLI and pipeline alike).
 
     Every option maps to a config field: ``--backends``/``--artifact`` take repeated or comma-separated
-    values, ``--bootstrap`` is ``bootstrap_resamples``, ``--out`` is ``out_dir``, ``--no-plots`` is
-    ``plots=False``. Raises ConfigError for values the config refuses.
+    values, ``--bootstrap`` is ``bootstrap_resamples``, ``--out`` is ``out_dir``. Raises ConfigError for
+    values the config refuses.
     """
     from edgexfer.stages.verify import VerifyConfig
 
@@ -36,7 +36,7 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> Any:
         latency_batch=params["latency_batch"],
         threads=params["threads"],
         out_dir=params["out"],
-        plots=not params["no_plots"],
+        plots=params["plots"],
         progress=progress,
     )
 
@@ -85,7 +85,7 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> Any:
     default=None,
     help="Output folder (default RUN_DIR/verify).",
 )
-@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots.")
 def verify(**_: Any) -> None:
     """Accuracy parity (top-1/top-5, drop with CI, McNemar, agreement, per-class deltas, cosine/SNR) and
     latency of every built artifact of RUN_DIR against the torch float model.

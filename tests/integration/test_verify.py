@@ -411,7 +411,7 @@ def test_every_verify_option_maps_to_a_config_field():
         "latency_batch": (["--latency-batch", "4"], "latency_batch", 4),
         "threads": (["--threads", "2"], "threads", 2),
         "out": (["--out", "o"], "out_dir", Path("o")),
-        "no_plots": (["--no-plots"], "plots", False),
+        "plots": (["--no-plots"], "plots", False),
     }
     options = {p.name for p in verify.params if isinstance(p, click.Option)}
     assert options == set(cases)
