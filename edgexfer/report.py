@@ -27,61 +27,9 @@ def _signed(value: Optional[float], digits: int = 2) -> str:
 # ---- verify --------------------------------------------------------------------------------------
 def verify_markdown(data: Dict[str, Any]) -> str:
     """The human report of a verify.json dict: verdict, accuracy table, latency table, per-class deltas."""
-    ref = data["reference"]
-    gate = data["gate"]
-    dataset = data["dataset"]
-    conf = int(round(100 * data["config"].get("confidence", 0.95)))
     lines = [f"# edgexfer verify: {data['checkpoint']['arch']} ({data['run_dir']})", ""]
-    verdict = "PASSED" if gate["passed"] else "FAILED"
-    rules = []
-    if gate.get("max_drop") is not None:
-        rules.append(f"top-1 drop <= {gate['max_drop']:g} pts")
-    if gate.get("min_agreement") is not None:
-        rules.append(f"agreement >= {gate['min_agreement']:g}%")
-    lines.append(f"**Verdict: {verdict}** ({'; '.join(rules) if rules else 'no gate set'})")
-    lines.append("")
-    for failure in gate.get("failures", []):
-        lines.append(f"- FAIL `{failure['artifact']}`: {failure['reason']}")
-    for error in gate.get("errors", []):
-        lines.append(f"- ERROR `{error['artifact']}`: {error['reason']}")
-    for entry in data["artifacts"]:
-        if entry["status"] == "skipped":
-            lines.append(f"- SKIPPED `{entry['name']}`: {entry['error']}")
-    lines += [
-        "",
-        f"Data: {dataset['source']}, {dataset['num_images']} images, "
-        f"{len(dataset['class_names'])} classes. Reference: torch fp32 (top-1 {_fmt(ref['top1'])}%, "
-        f"top-{ref['top5_k']} {_fmt(ref['top5'])}%).",
-        "",
-    ]
-    lines += [
-        "## Accuracy parity against the float reference",
-        "",
-        f"| artifact | status | top-1 % | top-1 drop (pts, {conf}% CI) | McNemar p | top-{ref['top5_k']} % "
-        "| agreement % | cosine (mean / min) | SNR dB |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for entry in data["artifacts"]:
-        if "accuracy" not in entry:
-            lines.append(
-                f"| `{entry['name']}` | {STATUS_MARK[entry['status']]} | - | - | - | - | - | - | - |"
-            )
-            continue
-        acc, agree, logits = entry["accuracy"], entry["agreement"], entry["logits"]
-        low, high = acc["top1_drop_ci"]
-        snr = "identical" if logits["snr_db"] is None else _fmt(logits["snr_db"], 1)
-        lines.append(
-            f"| `{entry['name']}` | {STATUS_MARK[entry['status']]} | {_fmt(acc['top1'])} | "
-            f"{_signed(acc['top1_drop'])} ({_signed(low)} .. {_signed(high)}) | "
-            f"{entry['mcnemar']['p_value']:.3g} | {_fmt(acc['top5'])} | {_fmt(agree['agreement_pct'])} | "
-            f"{logits['cosine_mean']:.4f} / {logits['cosine_min']:.4f} | {snr} |"
-        )
-    lines += [
-        "",
-        "A positive drop means the artifact is less accurate than the float model. McNemar's p "
-        "tests whether the two differ on these images at all (small p: a real difference).",
-        "",
-    ]
+    lines += _verdict(data)
+    lines += _accuracy_table(data)
     lines += _verify_latency_table(data)
     lines += _per_class_table(data)
     if data.get("plots"):
@@ -95,6 +43,60 @@ def verify_markdown(data: Dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _verdict(data: Dict[str, Any]) -> List[str]:
+    """The verdict line with the gate's rules, one line per failure, error and skip, and the data set."""
+    gate, ref, dataset = data["gate"], data["reference"], data["dataset"]
+    rules = []
+    if gate.get("max_drop") is not None:
+        rules.append(f"top-1 drop <= {gate['max_drop']:g} pts")
+    if gate.get("min_agreement") is not None:
+        rules.append(f"agreement >= {gate['min_agreement']:g}%")
+    verdict = "PASSED" if gate["passed"] else "FAILED"
+    lines = [f"**Verdict: {verdict}** ({'; '.join(rules) if rules else 'no gate set'})", ""]
+    lines += [f"- FAIL `{failure['artifact']}`: {failure['reason']}" for failure in gate.get("failures", [])]
+    lines += [f"- ERROR `{error['artifact']}`: {error['reason']}" for error in gate.get("errors", [])]
+    lines += [f"- SKIPPED `{e['name']}`: {e['error']}" for e in data["artifacts"] if e["status"] == "skipped"]
+    return lines + [
+        "",
+        f"Data: {dataset['source']}, {dataset['num_images']} images, "
+        f"{len(dataset['class_names'])} classes. Reference: {ref.get('backend', 'torch')} "
+        f"{ref.get('precision', 'fp32')} (top-1 {_fmt(ref['top1'])}%, top-{ref['top5_k']} {_fmt(ref['top5'])}%).",
+        "",
+    ]
+
+
+def _accuracy_table(data: Dict[str, Any]) -> List[str]:
+    """One row per artifact: status, top-1 and its drop with the CI, McNemar p, top-k, agreement, logits."""
+    ref = data["reference"]
+    conf = int(round(100 * data["config"].get("confidence", 0.95)))
+    lines = [
+        "## Accuracy parity against the float reference",
+        "",
+        f"| artifact | status | top-1 % | top-1 drop (pts, {conf}% CI) | McNemar p | top-{ref['top5_k']} % "
+        "| agreement % | cosine (mean / min) | SNR dB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in data["artifacts"]:
+        if "accuracy" not in entry:
+            lines.append(f"| `{entry['name']}` | {STATUS_MARK[entry['status']]} | - | - | - | - | - | - | - |")
+            continue
+        acc, agree, logits = entry["accuracy"], entry["agreement"], entry["logits"]
+        low, high = acc["top1_drop_ci"]
+        snr = "identical" if logits["snr_db"] is None else _fmt(logits["snr_db"], 1)
+        lines.append(
+            f"| `{entry['name']}` | {STATUS_MARK[entry['status']]} | {_fmt(acc['top1'])} | "
+            f"{_signed(acc['top1_drop'])} ({_signed(low)} .. {_signed(high)}) | "
+            f"{entry['mcnemar']['p_value']:.3g} | {_fmt(acc['top5'])} | {_fmt(agree['agreement_pct'])} | "
+            f"{_fmt(logits['cosine_mean'], 4)} / {_fmt(logits['cosine_min'], 4)} | {snr} |"
+        )
+    return lines + [
+        "",
+        "A positive drop means the artifact is less accurate than the float model. McNemar's p "
+        "tests whether the two differ on these images at all (small p: a real difference).",
+        "",
+    ]
 
 
 def _verify_latency_table(data: Dict[str, Any]) -> List[str]:
@@ -158,25 +160,26 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def verify_plots(data: Dict[str, Any], out_dir: Path) -> List[Path]:
-    """latency.png (p50 with p90/p99 marks per artifact) and per_class_delta.png; returns their paths."""
+def verify_figures(data: Dict[str, Any]) -> Dict[str, Any]:
+    """The verify plots as matplotlib figures by file stem: ``latency`` (p50 bars with p90/p99 marks per
+    model, reference first) when latency was measured, ``per_class_delta`` (one bar group per class)
+    when an artifact ran."""
     plt = _pyplot()
-    paths = []
-    rows = [("torch fp32", data["reference"].get("latency"))]
-    rows += [(e["name"], e.get("latency")) for e in data["artifacts"] if e.get("latency")]
+    figures = {}
+    rows = [(f"{data['reference'].get('backend', 'torch')} fp32", data["reference"].get("latency"))]
+    rows += [(e["name"], e.get("latency")) for e in data["artifacts"]]
     rows = [(name, lat) for name, lat in rows if lat]
     if rows:
         fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))
         labels = [name for name, _ in rows]
-        p50 = [lat["p50_ms"] for _, lat in rows]
-        ax.barh(labels, p50, color="#4c72b0", label="p50")
+        ax.barh(labels, [lat["p50_ms"] for _, lat in rows], color="#4c72b0", label="p50")
         ax.scatter([lat["p90_ms"] for _, lat in rows], labels, marker="|", s=200, color="k", label="p90")
         ax.scatter([lat["p99_ms"] for _, lat in rows], labels, marker="x", color="#c44e52", label="p99")
         ax.set_xlabel(f"latency, ms (batch {rows[0][1]['batch_size']})")
         ax.invert_yaxis()
         ax.legend(loc="lower right")
         ax.set_title("verify: latency per artifact")
-        paths.append(_save(fig, Path(out_dir) / "latency.png"))
+        figures["latency"] = fig
     entries = [e for e in data["artifacts"] if "per_class" in e]
     if entries:
         names = data["dataset"]["class_names"]
@@ -191,8 +194,13 @@ def verify_plots(data: Dict[str, Any], out_dir: Path) -> List[Path]:
         ax.set_ylabel("top-1 delta vs float, points")
         ax.legend()
         ax.set_title("verify: per-class accuracy delta")
-        paths.append(_save(fig, Path(out_dir) / "per_class_delta.png"))
-    return paths
+        figures["per_class_delta"] = fig
+    return figures
+
+
+def verify_plots(data: Dict[str, Any], out_dir: Path) -> List[Path]:
+    """Save :func:`verify_figures` as ``<stem>.png`` in ``out_dir`` (atomically); returns their paths."""
+    return [_save(fig, Path(out_dir) / f"{stem}.png") for stem, fig in verify_figures(data).items()]
 
 
 # ---- bench ---------------------------------------------------------------------------------------
@@ -273,14 +281,15 @@ def _gpu_line(machine: Dict[str, Any]) -> str:
     return "none"
 
 
-def bench_plot(data: Dict[str, Any], path: Path) -> Optional[Path]:
-    """A grouped bar chart of p50 latency (with IQR error bars) per model and configuration."""
+def bench_figure(data: Dict[str, Any]) -> Optional[Any]:
+    """A grouped bar chart of p50 latency per image (bars: p25..p75) per model and configuration, or
+    None when nothing was measured."""
     rows = [r for r in data["results"] if r.get("status") == "ok"]
     if not rows:
         return None
     plt = _pyplot()
     labels = [f"{r['model']} b{r['batch']}" for r in rows]
-    groups = sorted({label for label in labels}, key=labels.index)
+    groups = sorted(set(labels), key=labels.index)
     configs = sorted({f"{r['backend']} {r['precision']}" for r in rows})
     fig, ax = plt.subplots(figsize=(max(7, 1.2 * len(groups) + 2), 4.5))
     width = 0.8 / max(1, len(configs))
@@ -289,14 +298,10 @@ def bench_plot(data: Dict[str, Any], path: Path) -> Optional[Path]:
         for row, label in zip(rows, labels):
             if f"{row['backend']} {row['precision']}" == config:
                 lat, batch = row["latency"], row["batch"]
-                p50 = lat["p50_ms"]
-                # Quartiles where recorded; older files only have the IQR (drawn centred, floored above 0).
-                p25 = lat.get("p25_ms", max(p50 - lat["iqr_ms"] / 2, p50 * 0.05))
-                p75 = lat.get("p75_ms", p50 + lat["iqr_ms"] / 2)
                 xs.append(groups.index(label) + offset * width)
-                ys.append(p50 / batch)
-                low.append((p50 - p25) / batch)
-                high.append((p75 - p50) / batch)
+                ys.append(lat["p50_ms"] / batch)
+                low.append((lat["p50_ms"] - lat["p25_ms"]) / batch)
+                high.append((lat["p75_ms"] - lat["p50_ms"]) / batch)
         ax.bar(xs, ys, width=width, yerr=[low, high], capsize=2, label=config)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
     ax.set_xticklabels(groups, rotation=30, ha="right")
@@ -304,4 +309,10 @@ def bench_plot(data: Dict[str, Any], path: Path) -> Optional[Path]:
     ax.set_ylabel("p50 ms per image (bars: p25..p75), log scale")
     ax.set_title(f"edgexfer bench: {data.get('machine_name', '')}")
     ax.legend(fontsize=8)
-    return _save(fig, Path(path))
+    return fig
+
+
+def bench_plot(data: Dict[str, Any], path: Path) -> Optional[Path]:
+    """Save :func:`bench_figure` as a PNG at ``path`` (atomically); None when nothing was measured."""
+    fig = bench_figure(data)
+    return None if fig is None else _save(fig, Path(path))

@@ -94,10 +94,12 @@ def summary_markdown(runs: Mapping[str, Path], transfer: Optional[str] = None,
         report = load_verify(run_dir)
         if report is None:
             continue
-        dataset = report.get("dataset", {})
-        lines += [f"Run '{name}': {dataset.get('num_images')} validation images, float reference vs each "
-                  "artifact (drop = reference minus artifact, 95% CI; latency batch 1, p50):", "",
-                  "| artifact | top-1 % | drop (pts) | 95% CI | agreement % | p50 ms | speed-up | status |",
+        dataset, config = report.get("dataset", {}), report.get("config", {})
+        conf = f"{100 * config.get('confidence', 0.95):.0f}% CI"
+        lines += [f"Run '{name}': {dataset.get('num_images')} images ({dataset.get('source')}), float reference "
+                  f"vs each artifact (drop = reference minus artifact, {conf}; latency batch "
+                  f"{config.get('latency_batch', 1)}, p50):", "",
+                  f"| artifact | top-1 % | drop (pts) | {conf} | agreement % | p50 ms | speed-up | status |",
                   "|---|---|---|---|---|---|---|---|"]
         for row in verify_rows(report):
             ci = f"[{row['ci'][0]:+.2f}, {row['ci'][1]:+.2f}]" if row["ci"] else ""

@@ -2,35 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import click
 
 
-def _split(values: Tuple[str, ...]) -> Optional[Tuple[str, ...]]:
+def _split(values: Optional[Tuple[str, ...]]) -> Optional[Tuple[str, ...]]:
     """Repeatable and comma-separated option values as one tuple (None when not given)."""
-    items = tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+    items = tuple(part.strip() for value in values or () for part in value.split(",") if part.strip())
     return items or None
+
+
+def config_from_params(params: Dict[str, Any], progress: bool) -> Any:
+    """The :class:`VerifyConfig` for this command's click parameters (CLI and pipeline alike).
+
+    Every option maps to a config field: ``--backends``/``--artifact`` take repeated or comma-separated
+    values, ``--bootstrap`` is ``bootstrap_resamples``, ``--out`` is ``out_dir``. Raises ConfigError for
+    values the config refuses.
+    """
+    from edgexfer.stages.verify import VerifyConfig
+
+    return VerifyConfig(
+        run_dir=params["run_dir"],
+        data=params["data"],
+        backends=_split(params["backends"]),
+        artifacts=_split(params["artifact"]),
+        max_drop=params["max_drop"],
+        min_agreement=params["min_agreement"],
+        batch_size=params["batch_size"],
+        limit=params["limit"],
+        bootstrap_resamples=params["bootstrap"],
+        latency=params["latency"],
+        latency_batch=params["latency_batch"],
+        threads=params["threads"],
+        out_dir=params["out"],
+        plots=params["plots"],
+        progress=progress,
+    )
 
 
 @click.command("verify")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
 @click.option(
     "--data",
-    "data",
     type=click.Path(path_type=str),
     default=None,
     help="Labelled ImageFolder DIR/<class>/<image> (default: the run's validation split).",
 )
-@click.option(
-    "--backends",
-    "backends",
-    multiple=True,
-    help="Only artifacts of these backends (comma-separated or repeated).",
-)
+@click.option("--backends", multiple=True, help="Only artifacts of these backends (comma-separated or repeated).")
 @click.option(
     "--artifact",
-    "artifacts",
     multiple=True,
     help="Only these manifest artifacts: builds (onnxruntime_int8) or exported ONNX (onnx_int8_cpu).",
 )
@@ -50,7 +71,6 @@ def _split(values: Tuple[str, ...]) -> Optional[Tuple[str, ...]]:
 @click.option("--limit", type=int, default=None, help="Use at most N images (evenly spaced).")
 @click.option(
     "--bootstrap",
-    "bootstrap_resamples",
     type=int,
     default=2000,
     show_default=True,
@@ -61,28 +81,12 @@ def _split(values: Tuple[str, ...]) -> Optional[Tuple[str, ...]]:
 @click.option("--threads", type=int, default=None, help="Threads per runtime (default: physical cores).")
 @click.option(
     "--out",
-    "out_dir",
     type=click.Path(file_okay=False, path_type=str),
     default=None,
     help="Output folder (default RUN_DIR/verify).",
 )
-@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
-def verify(
-    run_dir: str,
-    data: Optional[str],
-    backends: Tuple[str, ...],
-    artifacts: Tuple[str, ...],
-    max_drop: Optional[float],
-    min_agreement: Optional[float],
-    batch_size: int,
-    limit: Optional[int],
-    bootstrap_resamples: int,
-    latency: bool,
-    latency_batch: int,
-    threads: Optional[int],
-    out_dir: Optional[str],
-    no_plots: bool,
-) -> None:
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots.")
+def verify(**_: Any) -> None:
     """Accuracy parity (top-1/top-5, drop with CI, McNemar, agreement, per-class deltas, cosine/SNR) and
     latency of every built artifact of RUN_DIR against the torch float model.
 
@@ -92,45 +96,28 @@ def verify(
     4 a backend named in --backends is not available here.
     """
     from edgexfer.console import progress_enabled
-    from edgexfer.stages.verify import VerifyConfig, run_verify
+    from edgexfer.stages.verify import verify_artifacts
 
-    config = VerifyConfig(
-        run_dir=run_dir,
-        data=data,
-        backends=_split(backends),
-        artifacts=_split(artifacts),
-        max_drop=max_drop,
-        min_agreement=min_agreement,
-        batch_size=batch_size,
-        limit=limit,
-        bootstrap_resamples=bootstrap_resamples,
-        latency=latency,
-        latency_batch=latency_batch,
-        threads=threads,
-        out_dir=out_dir,
-        plots=not no_plots,
-        progress=progress_enabled(),
-    )
-    from edgexfer.errors import EdgexferError
-
-    try:
-        result = run_verify(config)
-    except EdgexferError as exc:
-        # Gate failures and broken artifacts still produced a report: show its table before the error.
-        if getattr(exc, "result", None) is not None:
-            _print_summary(exc.result.data)  # type: ignore[attr-defined]
-            click.echo(f"report: {exc.result.report_path}")  # type: ignore[attr-defined]
-        raise
+    config = config_from_params(click.get_current_context().params, progress_enabled())
+    result = verify_artifacts(config)
+    # Gate failures and broken artifacts still produced a report: show its table before the error.
     _print_summary(result.data)
+    error = result.outcome()
+    if error is not None:
+        click.echo(f"report: {result.report_path}")
+        raise error
     click.echo(f"verify.json: {result.json_path}")
     click.echo(f"report:      {result.report_path}")
-    click.echo(f"next: edgexfer predict {run_dir} IMAGE   (or edgexfer bench --run {run_dir})")
+    click.echo(f"next: edgexfer predict {config.run_dir} IMAGE   (or edgexfer bench --run {config.run_dir})")
 
 
 def _print_summary(data: dict) -> None:
     """One line per artifact: status, top-1, drop with CI, agreement, p50 latency."""
     ref = data["reference"]
-    click.echo(f"reference torch fp32: top-1 {ref['top1']:.2f}% on {data['dataset']['num_images']} images")
+    click.echo(
+        f"reference {ref['backend']} {ref['precision']}: top-1 {ref['top1']:.2f}% "
+        f"on {data['dataset']['num_images']} images"
+    )
     for entry in data["artifacts"]:
         if "accuracy" not in entry:
             click.echo(f"  {entry['name']:<22} {entry['status'].upper():<7} {entry['error']}")

@@ -1,9 +1,16 @@
 """The predict stage: top-k class names and scores for image files from any artifact.
 
-The target is a run directory (the best built artifact usable here, or ``artifact=NAME``) or a file:
-an ONNX model (``.onnx``), a TensorRT engine (``.engine``/``.plan``), OpenVINO IR (``.xml``) or an
-edgexfer checkpoint (``.pt``). Class names and preprocessing come from the artifact's own metadata
-(ONNX ``metadata_props``, or the sidecar JSON of an engine / IR), so nothing else is needed.
+The target is a run directory (the best built artifact usable here, or ``artifact=NAME``) or a file
+whose suffix names its backend (``.onnx``, ``.engine``/``.plan``, ``.xml``, an edgexfer checkpoint
+``.pt``; see :func:`edgexfer.backends.base.backend_for_file`). Class names and preprocessing come from
+the artifact's own metadata (ONNX ``metadata_props``, the sidecar JSON of an engine / IR, or the
+checkpoint), so nothing else is needed.
+
+Images are streamed: a batch is decoded, preprocessed and run before the next is read, so memory does
+not grow with the number of images. Before the model is loaded every file is opened once (header only):
+a missing file or one that is not an image fails with one line before any inference. A file whose
+header reads but whose pixel data is corrupt fails with the same kind of line when its batch is decoded;
+no prediction is returned then (the CLI prints nothing on stdout).
 """
 
 from __future__ import annotations
@@ -18,31 +25,6 @@ import numpy as np
 from edgexfer.errors import ArtifactError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-# Which backend runs a file, by suffix.
-SUFFIX_BACKENDS = {
-    ".onnx": "onnxruntime",
-    ".engine": "tensorrt",
-    ".plan": "tensorrt",
-    ".xml": "openvino",
-    ".pt": "torch",
-    ".pth": "torch",
-}
-# Export-stage artifacts that are ONNX models, runnable by ONNX Runtime without a build.
-EXPORT_ARTIFACTS = ("onnx_int8_cpu", "onnx", "onnx_uint8", "onnx_int8_tensorrt")
-# Preference when a run directory is given: fastest first (GPU engines, then CPU INT8, then float).
-PREFERENCE = (
-    "tensorrt_int8",
-    "tensorrt_fp16",
-    "onnxruntime_int8",
-    "openvino_int8",
-    "tensorrt_fp32",
-    "openvino_fp16",
-    "onnxruntime_fp16",
-    "onnxruntime_fp32",
-    "openvino_fp32",
-    "onnx",
-)
 
 
 @dataclass(frozen=True)
@@ -80,8 +62,6 @@ class ModelInfo:
 
     class_names: List[str]
     preprocess: Any
-    input_format: str = "float_nchw"
-    precision: str = "fp32"
 
 
 @dataclass
@@ -104,22 +84,19 @@ class PredictResult:
 
 
 def model_info(path: Path) -> ModelInfo:
-    """Class names and preprocessing of any artifact file, from its metadata, sidecar or checkpoint."""
-    from edgexfer.onnxmeta import parse_props, read_metadata
+    """Class names and preprocessing of any artifact file, from its checkpoint, ONNX metadata or sidecar."""
+    from edgexfer.backends.base import REFERENCE_BACKEND, backend_for_file
+    from edgexfer.backends.sidecar import artifact_metadata
+    from edgexfer.onnxmeta import parse_props
 
     path = Path(path)
-    if path.suffix in (".pt", ".pth"):
+    if backend_for_file(path) == REFERENCE_BACKEND:  # the reference runs the checkpoint itself
         from edgexfer.checkpoint import meta_from_payload, read_checkpoint_file
 
         meta = meta_from_payload(read_checkpoint_file(path), str(path))
         return ModelInfo(list(meta.class_names), meta.preprocess)
-    if path.suffix == ".onnx":
-        meta = read_metadata(path)
-    else:
-        from edgexfer.backends.sidecar import read_sidecar
-
-        meta = parse_props(dict(read_sidecar(path).get("metadata", {})), source=f"sidecar of '{path}'")
-    return ModelInfo(list(meta.class_names), meta.preprocess, meta.input_format, meta.precision)
+    meta = parse_props(artifact_metadata(path), source=f"'{path}'")
+    return ModelInfo(list(meta.class_names), meta.preprocess)
 
 
 def expand_images(paths: Sequence[Path]) -> List[Path]:
@@ -138,9 +115,27 @@ def expand_images(paths: Sequence[Path]) -> List[Path]:
     return files
 
 
+def check_images(files: Sequence[Path]) -> None:
+    """Open every file's header (no decoding, nothing kept): one DataError for the first missing file or
+    non-image, before a model is loaded. Corrupt pixel data shows when the image is decoded."""
+    from PIL import Image
+
+    from edgexfer.preprocess import load_image
+
+    for file in files:
+        try:
+            with Image.open(file):
+                pass
+        except Exception:  # noqa: BLE001 - load_image turns every failure into its one-line DataError
+            load_image(file)
+            raise
+
+
 # ---- choosing the artifact ----------------------------------------------------------------------
 def resolve_target(config: PredictConfig) -> Tuple[str, str, Path]:
     """(artifact name, backend, path) for the config's target."""
+    from edgexfer.backends.base import backend_for_file, known_suffixes
+
     target = config.target
     if target.is_dir():
         return _from_run_dir(target, config.artifact, config.backend)
@@ -148,38 +143,30 @@ def resolve_target(config: PredictConfig) -> Tuple[str, str, Path]:
         raise ConfigError("--artifact NAME picks from a run directory; with a file path, leave it out")
     if not target.exists():
         raise ArtifactError(
-            f"'{target}' does not exist; pass a run directory or an .onnx/.engine/.xml/.pt file"
+            f"'{target}' does not exist; pass a run directory or a {'/'.join(known_suffixes())} file"
         )
-    backend = config.backend or SUFFIX_BACKENDS.get(target.suffix)
+    backend = config.backend or backend_for_file(target)
     if backend is None:
         raise ConfigError(
             f"cannot tell which runtime runs '{target.name}'; expected a run directory or a file "
-            f"ending in {', '.join(SUFFIX_BACKENDS)}"
+            f"ending in {', '.join(known_suffixes())}"
         )
     return target.name, backend, target
 
 
-def _backend_of(name: str, record: Any) -> str:
-    if name in EXPORT_ARTIFACTS:
-        return "onnxruntime"
-    if record.kind == "checkpoint":
-        return "torch"
-    return str(record.extra.get("backend") or record.config.get("backend") or name.split("_", 1)[0])
-
-
 def _from_run_dir(run_dir: Path, artifact: Optional[str], backend: Optional[str]) -> Tuple[str, str, Path]:
-    from edgexfer.backends.base import get_backend
+    from edgexfer.backends.base import ARTIFACT_PREFERENCE, artifact_target, get_backend
     from edgexfer.manifest import Manifest
 
     manifest = Manifest.open(run_dir)
     if artifact:
         record = manifest.require(artifact)
-        return artifact, backend or _backend_of(artifact, record), manifest.run_dir / record.path
+        return artifact, backend or artifact_target(artifact, record)[0], manifest.run_dir / record.path
     skipped = []
-    for name in PREFERENCE:
+    for name in ARTIFACT_PREFERENCE:
         if not manifest.has(name):
             continue
-        chosen = backend or _backend_of(name, manifest.get(name))
+        chosen = backend or artifact_target(name, manifest.get(name))[0]
         if not manifest.is_fresh(name):
             skipped.append(f"{name} (stale)")
             continue
@@ -196,6 +183,19 @@ def _from_run_dir(run_dir: Path, artifact: Optional[str], backend: Optional[str]
         f"run '{run_dir}' has no ONNX model or built artifact usable here (it has: {have}){why}; "
         f"run 'edgexfer export {run_dir}' first"
     )
+
+
+def load_options(config: PredictConfig, backend: Any, name: str) -> Dict[str, Any]:
+    """The options to load ``name`` with; ``--provider`` only for a backend that declares providers."""
+    options: Dict[str, Any] = {"threads": config.threads} if config.threads else {}
+    if config.provider:
+        if "providers" not in backend.load_options:
+            raise ConfigError(
+                f"--provider chooses an execution provider, which backend '{backend.name}' (running "
+                f"'{name}') does not have; leave it out, or pick an artifact ONNX Runtime runs"
+            )
+        options["providers"] = [config.provider]
+    return options
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -217,37 +217,31 @@ def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> List
 
 
 def run_predict(config: PredictConfig) -> PredictResult:
-    """Load the chosen artifact, preprocess every image as its metadata says, return top-k per image."""
+    """Load the chosen artifact and stream the images through it in batches (decode, preprocess as the
+    artifact's metadata says, infer); return top-k per image in the order given."""
     from edgexfer.backends.base import get_backend
     from edgexfer.preprocess import images_to_batch, load_image
 
     name, backend_name, path = resolve_target(config)
     info = model_info(path)
     files = expand_images(config.images)
-    images = [load_image(f) for f in files]  # every image is checked before the model is loaded
+    check_images(files)
     backend = get_backend(backend_name)
     backend.require_available()
-    options: Dict[str, Any] = {"threads": config.threads} if config.threads else {}
-    if config.provider:
-        if backend_name != "onnxruntime":
-            raise ConfigError(
-                f"--provider chooses an ONNX Runtime execution provider; '{name}' runs on {backend_name}"
-            )
-        options["providers"] = [config.provider]
+    options = load_options(config, backend, name)
     result = PredictResult(artifact=name, backend=backend_name, path=path)
     with backend.load(path, options) as runner:
-        logits = []
-        for start in range(0, len(images), config.batch_size):
-            chunk = images[start : start + config.batch_size]
-            logits.append(
-                runner.infer(images_to_batch(chunk, info.preprocess, runner.input_dtype, runner.input_layout))
+        for start in range(0, len(files), config.batch_size):
+            chunk = files[start : start + config.batch_size]
+            batch = images_to_batch(
+                [load_image(f) for f in chunk], info.preprocess, runner.input_dtype, runner.input_layout
             )
-    all_logits = np.concatenate(logits)
-    if all_logits.shape[1] != len(info.class_names):
-        raise ArtifactError(
-            f"'{path}' outputs {all_logits.shape[1]} scores but its metadata names "
-            f"{len(info.class_names)} classes; re-export the model"
-        )
-    for file, top in zip(files, top_k(softmax(all_logits), info.class_names, config.top_k)):
-        result.predictions.append({"image": str(file), "top": top})
+            logits = np.asarray(runner.infer(batch))
+            if logits.shape[1] != len(info.class_names):
+                raise ArtifactError(
+                    f"'{path}' outputs {logits.shape[1]} scores but its metadata names "
+                    f"{len(info.class_names)} classes; re-export the model"
+                )
+            for file, top in zip(chunk, top_k(softmax(logits), info.class_names, config.top_k)):
+                result.predictions.append({"image": str(file), "top": top})
     return result

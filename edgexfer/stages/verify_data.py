@@ -1,19 +1,16 @@
-"""What verify runs and on what: the built artifacts of a run, the labelled images, and the shared
-preprocessed pixels every artifact is fed from (see :mod:`edgexfer.stages.verify`)."""
+"""What verify runs and on what: the built artifacts of a run, the labelled images, the shared
+preprocessed pixels every artifact is fed from, and feeding them to a runner (see
+:mod:`edgexfer.stages.verify`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from edgexfer.errors import ArtifactError, ConfigError, DataError
-
-
-# Export-stage ONNX models verify can run directly (with ONNX Runtime, which loads any ONNX file).
-EXPORT_KINDS = {"onnx": "fp32", "onnx-qdq": "int8"}
 
 
 @dataclass(frozen=True)
@@ -30,7 +27,8 @@ class Target:
 
 # ---- selecting artifacts -------------------------------------------------------------------------
 def built_targets(manifest: Any, config: Any) -> List[Target]:
-    """The build-stage artifacts to verify, filtered by ``--backends`` / ``--artifacts``."""
+    """The build-stage artifacts to verify, filtered by ``--backends`` / ``--artifact``; an export-stage
+    ONNX model is verified when named with ``--artifact``."""
     from edgexfer.backends.base import BACKENDS
 
     for backend in config.backends or ():
@@ -39,26 +37,9 @@ def built_targets(manifest: Any, config: Any) -> List[Target]:
     targets = []
     for name, record in sorted(manifest.artifacts.items()):
         explicit = config.artifacts is not None and name in config.artifacts
-        if record.stage != "build" and not explicit:
+        if (record.stage != "build" and not explicit) or (config.artifacts is not None and not explicit):
             continue
-        if record.stage == "build":
-            backend = str(
-                record.extra.get("backend") or record.config.get("backend") or name.split("_", 1)[0]
-            )
-            precision = str(
-                record.extra.get("precision")
-                or record.config.get("precision")
-                or (name.split("_", 1)[1] if "_" in name else "fp32")
-            )
-        elif record.kind in EXPORT_KINDS:  # an export-stage ONNX model named with --artifact
-            backend, precision = "onnxruntime", EXPORT_KINDS[record.kind]
-        else:
-            raise ConfigError(
-                f"artifact '{name}' is a {record.kind} from the {record.stage} stage, not a model verify can "
-                "run; name a build artifact or an exported ONNX model (onnx, onnx_uint8, onnx_int8_cpu, ...)"
-            )
-        if config.artifacts is not None and not explicit:
-            continue
+        backend, precision = _runnable(name, record)
         if config.backends is not None and backend not in config.backends:
             continue
         targets.append(
@@ -84,6 +65,23 @@ def built_targets(manifest: Any, config: Any) -> List[Target]:
     return targets
 
 
+def _runnable(name: str, record: Any) -> Tuple[str, str]:
+    """(backend, precision) verify runs a manifest artifact with. The checkpoint is the reference every
+    artifact is compared with, and reports or plots are no models: both are refused."""
+    from edgexfer.backends.base import EXPORT_MODELS, REFERENCE_BACKEND, artifact_target
+
+    try:
+        backend, precision = artifact_target(name, record)
+    except ConfigError:
+        backend, precision = REFERENCE_BACKEND, ""
+    if backend == REFERENCE_BACKEND:
+        raise ConfigError(
+            f"artifact '{name}' is a {record.kind} from the {record.stage} stage, not a model verify can "
+            f"run; name a build artifact or an exported ONNX model ({', '.join(EXPORT_MODELS)})"
+        )
+    return backend, precision
+
+
 # ---- data ----------------------------------------------------------------------------------------
 def load_samples(config: Any, class_names: List[str]) -> Tuple[Any, str]:
     """The labelled images: ``--data DIR`` (classes must match the model's) or the run's val split."""
@@ -92,12 +90,13 @@ def load_samples(config: Any, class_names: List[str]) -> Tuple[Any, str]:
     if config.data is not None:
         if not config.data.is_dir():
             raise DataError(f"--data '{config.data}' is not a folder; expected DIR/<class>/<image>")
-        # Without class_names every sub-folder is a class, so extra or missing ones show up here
-        # (with class_names, folder_samples would silently ignore folders the model does not know).
-        found = data_module.folder_samples(config.data).class_names
+        # Scanned without the model's class names, so every sub-folder is a class and extra or missing
+        # ones show up (given names, folder_samples ignores folders the model does not know). Scanned
+        # once: the scan decodes every image to check it.
+        found = data_module.folder_samples(config.data)
         source = str(config.data)
-        _check_classes(found, class_names, source)
-        samples = data_module.folder_samples(config.data, class_names=list(class_names))
+        _check_classes(found.class_names, class_names, source)
+        samples = _in_class_order(found, class_names)
     else:
         try:
             samples = data_module.samples_for_run(config.run_dir, "val")
@@ -113,6 +112,23 @@ def load_samples(config: Any, class_names: List[str]) -> Tuple[Any, str]:
     if len(samples) == 0:
         raise DataError(f"{source} holds no images; expected DIR/<class>/<image>")
     return samples, source
+
+
+def _in_class_order(samples: Any, class_names: List[str]) -> Any:
+    """A folder's samples relabelled to the model's class order, items grouped in that order (what
+    ``folder_samples(path, class_names)`` returns, without scanning and decoding the folder again)."""
+    from edgexfer.data import ImageSamples
+
+    new_label = np.array([list(class_names).index(name) for name in samples.class_names], dtype=np.int64)
+    labels = new_label[samples.labels]
+    order = np.argsort(labels, kind="stable")
+    return ImageSamples(
+        list(class_names),
+        labels[order],
+        paths=[samples.paths[i] for i in order],
+        skipped=samples.skipped,
+        source=samples.source,
+    )
 
 
 def _check_classes(found: List[str], class_names: List[str], source: str) -> None:
@@ -155,9 +171,6 @@ class InputCache:
             image, label = samples[int(index)]
             self.pixels[row] = preprocess.to_uint8(image, "NCHW")
             self.labels[row] = int(label)
-        mean = np.asarray(preprocess.mean, dtype=np.float32)[None, :, None, None]
-        std = np.asarray(preprocess.std, dtype=np.float32)[None, :, None, None]
-        self._mean, self._std = mean, std
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -165,10 +178,9 @@ class InputCache:
     def batch(self, start: int, stop: int, dtype: Any, layout: str) -> np.ndarray:
         """Rows ``start:stop`` in the runner's input format."""
         pixels = self.pixels[start:stop]
-        if np.dtype(dtype) == np.uint8:
-            return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1) if layout == "NHWC" else pixels)
-        array = (pixels.astype(np.float32) / 255.0 - self._mean) / self._std
-        return np.ascontiguousarray(array.transpose(0, 2, 3, 1) if layout == "NHWC" else array)
+        if np.dtype(dtype) != np.uint8:
+            pixels = self.preprocess.normalize(pixels, "NCHW")
+        return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1) if layout == "NHWC" else pixels)
 
 
 def subset_indices(total: int, limit: Optional[int]) -> np.ndarray:
@@ -176,3 +188,30 @@ def subset_indices(total: int, limit: Optional[int]) -> np.ndarray:
     if limit is None or limit >= total:
         return np.arange(total)
     return np.unique(np.linspace(0, total - 1, limit).round().astype(np.int64))
+
+
+# ---- feeding a runner ----------------------------------------------------------------------------
+def run_logits(runner: Any, inputs: InputCache, batch_size: int, progress: bool, desc: str) -> np.ndarray:
+    """Logits of every cached image through ``runner`` (batched, in the runner's input format)."""
+    from tqdm import tqdm
+
+    max_batch = getattr(runner, "max_batch", None)  # a TensorRT profile caps the batch
+    step = min(batch_size, int(max_batch)) if max_batch else batch_size
+    chunks = []
+    for start in tqdm(
+        range(0, len(inputs), step), desc=desc, unit="batch", disable=not progress, leave=False
+    ):
+        batch = inputs.batch(start, start + step, runner.input_dtype, runner.input_layout)
+        chunks.append(np.asarray(runner.infer(batch), dtype=np.float32))
+    return np.concatenate(chunks, axis=0)
+
+
+def measure_latency(runner: Any, inputs: InputCache, count: int, timing: Any) -> Dict[str, Any]:
+    """Latency stats of ``runner.infer`` on the first ``count`` images (the same for every artifact)."""
+    from edgexfer.metrics import latency_stats
+    from edgexfer.timing import measure
+
+    count = min(count, len(inputs))
+    batch = inputs.batch(0, count, runner.input_dtype, runner.input_layout)
+    samples = measure(lambda: runner.infer(batch), timing)
+    return latency_stats(samples, batch_size=count)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import onnx_factory as factory
-from conftest import make_image_folder
+from conftest import CLASS_COLOURS, make_image_folder
 from edgexfer.stages.build import BuildConfig, run_build
 
 
@@ -33,6 +33,23 @@ def built(tmp_path_factory):
     return {"run": run, "images": images, "files": sorted(images.rglob("*.png"))}
 
 
+@pytest.fixture(scope="module")
+def trained_int8(trained_run, tmp_path_factory):
+    """The trained run (100% on its 48 validation images) exported to INT8 by the real export stage and
+    built for ONNX Runtime int8: an INT8 model whose predictions mean something."""
+    from edgexfer.data import samples_for_run
+    from edgexfer.stages.export import ExportConfig, run_export
+
+    run = shutil.copytree(trained_run, tmp_path_factory.mktemp("predict_trained") / "run")
+    run_export(ExportConfig(run_dir=run, int8=True, target="cpu", calib_size=48, calib_method="minmax",
+                            eval_size=48, parity_images=8, progress=False))
+    run_build(BuildConfig(run_dir=run, backend="onnxruntime", precision="int8", progress=False))
+    samples = samples_for_run(run, "val")
+    pick = list(range(0, len(samples), 4))  # 12 images, 4 per class
+    return {"run": run, "files": [samples.paths[i] for i in pick],
+            "labels": [samples.class_names[samples.labels[i]] for i in pick]}
+
+
 def _torch_probabilities(run, files):
     """Softmax of the checkpoint's torch logits: the reference for every artifact."""
     import torch
@@ -46,20 +63,42 @@ def _torch_probabilities(run, files):
         return torch.softmax(model(torch.from_numpy(batch)), dim=1).numpy()
 
 
+def _scores(document, class_names):
+    """(images, classes) probabilities from a ``--json`` document predicted with every class in top-k."""
+    return np.array([[{t["class"]: t["score"] for t in item["top"]}[c] for c in class_names]
+                     for item in document["predictions"]])
+
+
 def test_run_dir_uses_the_best_built_artifact_and_json_is_complete(cli_runner, built):
     code, out, err = cli_runner("predict", str(built["run"]), *map(str, built["files"]), "--json", "-k", "2")
     assert code == 0, err
     document = json.loads(out)  # stdout holds exactly one JSON document
     assert document["artifact"] == "onnxruntime_int8" and document["backend"] == "onnxruntime"
+    assert document["path"] == str(built["run"] / "build" / "onnxruntime_int8.onnx")
     assert [p["image"] for p in document["predictions"]] == [str(f) for f in built["files"]]
-    reference = _torch_probabilities(built["run"], built["files"])
-    for row, item in zip(reference, document["predictions"]):
+    for item in document["predictions"]:
         top = item["top"]
-        assert len(top) == 2 and top[0]["score"] >= top[1]["score"]
-        assert {t["class"] for t in top} <= {"red", "green", "blue"}
-        # int8 probabilities stay near the float model's for an untrained (near-uniform) network
-        assert abs(top[0]["score"] - row[top[0]["index"]]) < 0.05
+        assert [t["index"] for t in top] == [list(CLASS_COLOURS).index(t["class"]) for t in top]
+        assert len(top) == 2 and top[0]["score"] >= top[1]["score"] and top[0]["score"] + top[1]["score"] < 1
     assert "next: edgexfer verify" in err
+
+
+def test_int8_predictions_match_the_float_model_on_a_trained_run(cli_runner, trained_int8):
+    run, files = trained_int8["run"], trained_int8["files"]
+    code, out, err = cli_runner("predict", str(run), *files, "--json", "-k", "3")
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["artifact"] == "onnxruntime_int8"
+    from edgexfer.onnxmeta import read_metadata
+
+    classes = read_metadata(run / "export" / "model.onnx").class_names
+    int8 = _scores(document, classes)
+    reference = _torch_probabilities(run, files)
+    # The INT8 model makes the float model's decisions (the right ones) with nearly its confidence; a
+    # model from other weights, or fed other pixels, does not.
+    assert [classes[i] for i in int8.argmax(1)] == [classes[i] for i in reference.argmax(1)] == trained_int8["labels"]
+    assert reference.max(1).min() > 0.9
+    assert np.abs(int8 - reference).max() < 0.05
 
 
 def test_float_onnx_matches_torch_exactly_and_text_output(cli_runner, built):
@@ -98,7 +137,32 @@ def test_direct_artifact_paths(cli_runner, built, relative, backend):
     assert got == [int(i) for i in reference.argmax(1)]
 
 
-def test_non_image_and_corrupt_image_are_one_line_errors(cli_runner, built, tmp_path):
+def test_images_are_streamed_batch_by_batch_in_order(built, monkeypatch):
+    # Decode a batch, run it, then the next: memory holds one batch of images, not the whole folder.
+    import edgexfer.preprocess
+    from edgexfer.backends.onnxruntime import OnnxRuntimeRunner
+    from edgexfer.stages.predict import PredictConfig, run_predict
+
+    events = []
+    load_image, infer = edgexfer.preprocess.load_image, OnnxRuntimeRunner.infer
+
+    def loading(path):
+        events.append("decode")
+        return load_image(path)
+
+    def inferring(self, batch):
+        events.append(f"infer {len(batch)}")
+        return infer(self, batch)
+
+    monkeypatch.setattr(edgexfer.preprocess, "load_image", loading)
+    monkeypatch.setattr(OnnxRuntimeRunner, "infer", inferring)
+    files = built["files"]  # 6 images
+    result = run_predict(PredictConfig(target=built["run"], images=tuple(files), artifact="onnx", batch_size=4))
+    assert events == ["decode"] * 4 + ["infer 4"] + ["decode"] * 2 + ["infer 2"]
+    assert [p["image"] for p in result.predictions] == [str(f) for f in files]
+
+
+def test_non_image_and_corrupt_image_are_one_line_errors(cli_runner, built, tmp_path, monkeypatch):
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
     truncated = tmp_path / "cut.png"
@@ -112,6 +176,20 @@ def test_non_image_and_corrupt_image_are_one_line_errors(cli_runner, built, tmp_
         assert code == 2, (bad, err)
         assert words in err and "Traceback" not in err and err.count("\n") == 1
         assert out == ""
+    # Corrupt data in a later batch: the same one line, and no partial output.
+    code, out, err = cli_runner("predict", str(built["run"]), *map(str, built["files"]), str(truncated),
+                                "--batch-size", "2")
+    assert (code, out) == (2, "") and "corrupt or truncated" in err and err.count("\n") == 1
+    # A missing file or a non-image is found before any model is loaded.
+    from edgexfer.backends.onnxruntime import OnnxRuntimeRunner
+
+    def no_loading(self):
+        raise AssertionError("the model was loaded before the images were checked")
+
+    monkeypatch.setattr(OnnxRuntimeRunner, "activate", no_loading)
+    for bad, words in ((text, "is not an image PIL can read"), (tmp_path / "missing.png", "does not exist")):
+        code, out, err = cli_runner("predict", str(built["run"]), *map(str, built["files"]), str(bad))
+        assert code == 2 and words in err, err
 
 
 def test_bad_targets(cli_runner, built, tmp_path):
@@ -169,7 +247,7 @@ def test_provider_option(cli_runner, built):
     code, _, err = cli_runner(
         "predict", str(built["run"]), image, "--artifact", "openvino_fp32", "--provider", "cuda"
     )
-    assert code == 2 and "--provider chooses an ONNX Runtime execution provider" in err
+    assert code == 2 and "--provider chooses an execution provider, which backend 'openvino'" in err
     import onnxruntime
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():

@@ -85,9 +85,13 @@ def test_verify_passes_and_writes_documented_outputs(built_run, cli_runner):
         "-q", "verify", str(built_run), "--max-drop", "0.5", "--min-agreement", "99", *FAST
     )
     assert code == 0, err
-    assert "onnxruntime_fp32" in out and "PASSED" in out
-    assert "next: " in out
     data = json.loads((built_run / "verify" / "verify.json").read_text())
+    # The table the CLI prints: one line per artifact with the numbers of verify.json.
+    top1 = data["reference"]["top1"]
+    assert f"reference torch fp32: top-1 {top1:.2f}% on 48 images" in out
+    assert (f"  onnxruntime_fp32       PASSED  top-1 {top1:.2f}% (drop +0.00, CI +0.00..+0.00), agreement 100.0%, "
+            "p50 ") in out
+    assert f"next: edgexfer predict {built_run} IMAGE" in out
     assert data["schema_version"] == 1 and data["kind"] == "edgexfer-verify"
     assert data["dataset"]["source"] == "run validation split"
     assert data["dataset"]["num_images"] == 48 and data["dataset"]["class_counts"] == [16, 16, 16]
@@ -136,6 +140,9 @@ def test_verify_gate_fails_with_exit_3_and_names_the_artifact(built_run, cli_run
     assert "parity gate failed for 'openvino_fp32'" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     data = json.loads((built_run / "verify" / "verify.json").read_text())
+    # The table is printed before the error, with the damaged artifact's numbers.
+    assert f"  openvino_fp32          FAILED  top-1 33.33% (drop {data['reference']['top1'] - 100 / 3:+.2f}" in out
+    assert f"report: {built_run / 'verify' / 'report.md'}" in out
     entries = {e["name"]: e for e in data["artifacts"]}
     assert entries["onnxruntime_fp32"]["status"] == entries["onnxruntime_int8"]["status"] == "passed"
     damaged = entries["openvino_fp32"]
@@ -156,6 +163,17 @@ def test_verify_gate_fails_with_exit_3_and_names_the_artifact(built_run, cli_run
     assert data["gate"]["failures"][0]["artifact"] == "openvino_fp32"
     report = (built_run / "verify" / "report.md").read_text()
     assert "**Verdict: FAILED**" in report and "- FAIL `openvino_fp32`: top-1 drop" in report
+    # Through the API: a typed ParityError that carries what verify wrote.
+    from edgexfer.errors import ParityError
+    from edgexfer.stages.verify import VerifyConfig, VerifyFailed, run_verify
+
+    config = VerifyConfig(run_dir=built_run, artifacts=("openvino_fp32",), max_drop=1.0, latency=False,
+                          plots=False, bootstrap_resamples=300, progress=False)
+    with pytest.raises(VerifyFailed) as info:
+        run_verify(config)
+    assert isinstance(info.value, ParityError) and info.value.exit_code == 3
+    assert info.value.result.data["gate"]["failures"][0]["artifact"] == "openvino_fp32"
+    assert info.value.result.report_path == built_run / "verify" / "report.md"
 
 
 def test_verify_nothing_built_is_one_clear_line(trained_run_copy, cli_runner):
@@ -208,7 +226,7 @@ def test_verify_unloadable_artifact_still_reports_the_others(built_run, cli_runn
     assert "- ERROR `onnxruntime_fp32`" in (built_run / "verify" / "report.md").read_text()
 
 
-def test_verify_uint8_input_artifact_external_data_and_limit(built_run, tmp_path, cli_runner):
+def test_verify_uint8_input_artifact_on_a_data_folder_with_limit_and_out(built_run, tmp_path, cli_runner):
     from conftest import make_image_folder
 
     pytest.importorskip("openvino")
@@ -307,3 +325,100 @@ def test_verify_an_exported_int8_model_directly(built_run, cli_runner):
     assert entry["agreement"]["agreement_pct"] >= 99
     code, out, err = cli_runner("-q", "verify", str(built_run), "--artifact", "checkpoint")
     assert code == 2 and "is a checkpoint from the finetune stage, not a model verify can run;" in err
+
+
+def test_verify_a_bug_while_running_an_artifact_is_an_internal_error(built_run, cli_runner, monkeypatch):
+    # Not bad input: an exception that is no EdgexferError is a bug, exit 1, not "artifact could not be
+    # verified" (exit 2). Bad artifacts are still per-artifact errors (test above).
+    from edgexfer.backends.onnxruntime import OnnxRuntimeRunner
+
+    def broken_infer(self, batch):
+        raise ZeroDivisionError("a bug in a runner")
+
+    monkeypatch.setattr(OnnxRuntimeRunner, "infer", broken_infer)
+    code, out, err = cli_runner("-q", "verify", str(built_run), "--no-latency", *FAST)
+    assert code == 1, err
+    assert err.startswith("edgexfer: internal error: ZeroDivisionError: a bug in a runner (rerun with --debug")
+    assert not (built_run / "verify" / "verify.json").exists()
+
+
+def test_verify_hashes_each_recorded_file_once(built_run, monkeypatch):
+    # Four artifacts that share their inputs (checkpoint, onnx): one manifest per verify memoises hashes.
+    import edgexfer.manifest
+    from edgexfer.stages.verify import VerifyConfig, run_verify
+
+    hashed = []
+    real = edgexfer.manifest.sha256_file
+
+    def counting(path):
+        hashed.append(Path(path).resolve())
+        return real(path)
+
+    monkeypatch.setattr(edgexfer.manifest, "sha256_file", counting)
+    names = ("onnxruntime_fp32", "onnxruntime_int8", "onnx", "onnx_int8_cpu")
+    result = run_verify(VerifyConfig(run_dir=built_run, artifacts=names, latency=False, plots=False,
+                                     bootstrap_resamples=300, progress=False))
+    assert sorted(e["name"] for e in result.data["artifacts"]) == sorted(names)
+    repeated = {path.name: hashed.count(path) for path in set(hashed) if hashed.count(path) > 1}
+    assert repeated == {}
+    assert (built_run / "finetune" / "best.pt").resolve() in hashed
+
+
+def test_verify_data_folder_is_scanned_once(built_run, tmp_path, monkeypatch):
+    # folder_samples decodes every image to check it; --data must not do that twice.
+    from conftest import make_image_folder
+
+    import edgexfer.data
+    from edgexfer.stages.verify import VerifyConfig, run_verify
+
+    data = make_image_folder(tmp_path / "data", per_class=4, size=40, seed=5,
+                             classes={"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 200)})
+    checked = []
+    real = edgexfer.data._check_image
+
+    def counting(path):
+        checked.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(edgexfer.data, "_check_image", counting)
+    result = run_verify(VerifyConfig(run_dir=built_run, data=data, artifacts=("onnxruntime_fp32",), latency=False,
+                                     plots=False, bootstrap_resamples=300, progress=False))
+    assert len(checked) == 12
+    dataset = result.data["dataset"]
+    # Relabelled to the model's class order (blue, green, red), not the folder scan's.
+    assert dataset["class_names"] == ["blue", "green", "red"] and dataset["class_counts"] == [4, 4, 4]
+    (entry,) = result.data["artifacts"]
+    assert entry["accuracy"]["top1"] == pytest.approx(result.data["reference"]["top1"])
+    assert result.data["reference"]["per_class_accuracy"] == [100.0, 100.0, 100.0]
+
+
+def test_every_verify_option_maps_to_a_config_field():
+    # YAML keys are the CLI long options: config_from_params must turn each into its VerifyConfig field.
+    import click
+
+    from edgexfer.commands.verify import config_from_params, verify
+    from edgexfer.stages.verify import VerifyConfig
+
+    cases = {
+        "data": (["--data", "d"], "data", Path("d")),
+        "backends": (["--backends", "onnxruntime,openvino"], "backends", ("onnxruntime", "openvino")),
+        "artifact": (["--artifact", "onnx", "--artifact", "x"], "artifacts", ("onnx", "x")),
+        "max_drop": (["--max-drop", "1.5"], "max_drop", 1.5),
+        "min_agreement": (["--min-agreement", "90"], "min_agreement", 90.0),
+        "batch_size": (["--batch-size", "3"], "batch_size", 3),
+        "limit": (["--limit", "5"], "limit", 5),
+        "bootstrap": (["--bootstrap", "300"], "bootstrap_resamples", 300),
+        "latency": (["--no-latency"], "latency", False),
+        "latency_batch": (["--latency-batch", "4"], "latency_batch", 4),
+        "threads": (["--threads", "2"], "threads", 2),
+        "out": (["--out", "o"], "out_dir", Path("o")),
+        "plots": (["--no-plots"], "plots", False),
+    }
+    options = {p.name for p in verify.params if isinstance(p, click.Option)}
+    assert options == set(cases)
+    default = config_from_params(verify.make_context("verify", ["run"]).params, progress=False)
+    assert default == VerifyConfig(run_dir=Path("run"), progress=False)
+    for name, (args, field, value) in cases.items():
+        config = config_from_params(verify.make_context("verify", ["run", *args]).params, progress=False)
+        assert getattr(config, field) == value, name
+        assert getattr(default, field) != value, name

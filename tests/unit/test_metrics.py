@@ -132,6 +132,25 @@ def test_bootstrap_drop_matches_scipy_paired_percentile():
     assert ours.low < ours.drop < ours.high
 
 
+def test_bootstrap_equals_resampling_the_image_differences_directly():
+    # The definition, written out: draw n images with replacement (the same draws for both models),
+    # take the mean per-image difference, then the percentiles. Same seed -> the same interval.
+    rng = np.random.default_rng(4)
+    ref = rng.random(300) < 0.85
+    oth = np.where(rng.random(300) < 0.08, ~ref, ref)
+    diff = ref.astype(float) - oth.astype(float)
+    draws = np.random.default_rng(11).integers(0, diff.size, size=(1000, diff.size))
+    low, high = np.quantile(diff[draws].mean(axis=1), [0.05, 0.95])
+    ours = metrics.bootstrap_drop_ci(ref, oth, resamples=1000, confidence=0.90, seed=11)
+    assert (ours.low, ours.high) == pytest.approx((100 * low, 100 * high), abs=1e-9)
+    assert ours.drop == pytest.approx(100 * diff.mean())
+
+
+def test_bootstrap_of_one_image_is_its_point():
+    ci = metrics.bootstrap_drop_ci([True], [False], resamples=100)
+    assert (ci.drop, ci.low, ci.high) == (100.0, 100.0, 100.0)
+
+
 def test_bootstrap_is_deterministic_and_degenerate_when_identical():
     ref = np.array([True, False] * 50)
     a = metrics.bootstrap_drop_ci(ref, ref, resamples=500, seed=0)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -20,18 +18,17 @@ def _verify_data():
     ref = np.eye(3)[labels] * 4 + rng.normal(0, 1, (30, 3))
     other = ref.copy()
     other[:4] = np.eye(3)[(labels[:4] + 1) % 3] * 9  # 4 images of class 0 flipped to class 1
-    from edgexfer.stages.verify import VerifyConfig, compare, gate
+    from edgexfer.parity import gate_reasons, parity_entry
 
-    config = VerifyConfig(run_dir=Path("run"), max_drop=1.0, bootstrap_resamples=200)
     entry = {
         "name": "onnxruntime_int8",
         "backend": "onnxruntime",
         "precision": "int8",
         "error": None,
-        **compare(ref, other, labels, 3, config),
+        **parity_entry(ref, other, labels, 3, resamples=200),
     }
     entry["latency"] = _latency(5.0)
-    reasons = gate(entry, config)
+    reasons = gate_reasons(entry, max_drop=1.0, min_agreement=None)
     entry.update(status="failed" if reasons else "passed", gate={"passed": not reasons, "reasons": reasons})
     broken = {
         "name": "openvino_int8",
@@ -85,17 +82,36 @@ def test_verify_markdown_reports_failure_drop_and_per_class_delta():
     assert "| torch fp32 (reference) | 1 | 20.00 |" in text
 
 
-def test_verify_plots_are_real_pngs(tmp_path):
+def test_verify_figures_draw_the_recorded_numbers():
+    data, entry = _verify_data()
+    figures = report.verify_figures(data)
+    assert sorted(figures) == ["latency", "per_class_delta"]
+    latency = figures["latency"].axes[0]
+    # One p50 bar per timed model, reference first, and the p90/p99 marks at the recorded values.
+    assert [tick.get_text() for tick in latency.get_yticklabels()] == ["torch fp32", "onnxruntime_int8"]
+    assert [bar.get_width() for bar in latency.patches] == pytest.approx([20.0, 5.0])
+    p90, p99 = (collection.get_offsets()[:, 0] for collection in latency.collections)
+    assert list(p90) == pytest.approx([data["reference"]["latency"]["p90_ms"], entry["latency"]["p90_ms"]])
+    assert list(p99) == pytest.approx([data["reference"]["latency"]["p99_ms"], entry["latency"]["p99_ms"]])
+    # Per-class deltas: only the artifact that ran (the broken one has none); class a lost 40 points.
+    per_class = figures["per_class_delta"].axes[0]
+    assert [bar.get_height() for bar in per_class.patches] == pytest.approx([-40.0, 0.0, 0.0])
+    assert [text.get_text() for text in per_class.get_legend().get_texts()] == ["onnxruntime_int8"]
+
+
+def test_verify_plots_are_pngs_of_those_figures(tmp_path):
     from PIL import Image
 
     data, _ = _verify_data()
     paths = report.verify_plots(data, tmp_path)
     assert [p.name for p in paths] == ["latency.png", "per_class_delta.png"]
     for path in paths:
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(path) as image:
-            assert image.width > 300 and image.height > 150
+            assert image.format == "PNG" and image.width > 300 and image.height > 150
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latency.png", "per_class_delta.png"]
+    without_latency = {**data, "reference": {**data["reference"], "latency": None},
+                       "artifacts": [{**a, "latency": None} for a in data["artifacts"]]}
+    assert list(report.verify_figures(without_latency)) == ["per_class_delta"]
 
 
 def test_bench_markdown_and_plot(tmp_path):
@@ -155,5 +171,15 @@ def test_bench_markdown_and_plot(tmp_path):
     assert "| resnet18 | openvino | int8 | - | 0 | error: boom |" in text
     assert "- h1" in text
     assert "Not measured here:\n- tensorrt: not installed\n- resnet18 onnxruntime fp16: no GPU" in text
+    # The chart: p50 per image with p25..p75 error bars, one bar per measured row, log scale.
+    figure = report.bench_figure(data)
+    axes = figure.axes[0]
+    assert [bar.get_height() for bar in axes.patches] == pytest.approx([6.0, 27.0])  # onnxruntime, torch
+    assert axes.get_yscale() == "log"
+    # Each bar's whisker spans p25..p75 of its row (per image: batch 1 here).
+    whiskers = [segment for collection in axes.collections for segment in collection.get_segments()]
+    ends = [float(y) for segment in whiskers for y in (segment[0][1], segment[1][1])]
+    assert ends == pytest.approx([r["latency"][q] for r in (rows[1], rows[0]) for q in ("p25_ms", "p75_ms")])
     path = report.bench_plot(data, tmp_path / "chart.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+    assert report.bench_plot({"results": [rows[2]]}, tmp_path / "none.png") is None
