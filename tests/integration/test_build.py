@@ -172,7 +172,7 @@ def test_rebuild_replaces_the_record(run, images):
             backend="onnxruntime",
             precision="fp32",
             smoke_data=images,
-            options={"level": "basic"},
+            options={"opt_level": "basic"},
             progress=False,
         )
     )
