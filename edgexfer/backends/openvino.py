@@ -38,6 +38,11 @@ def inference_precision(precision: str) -> str:
     return "f16" if precision == "fp16" else "f32"
 
 
+def cpu_capabilities() -> List[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of the CPU device (``FP16`` decides whether fp16 runs)."""
+    return list(_ov().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
 class OpenVinoRunner(Runner):
     """A compiled OpenVINO model on CPU (latency hint, threads = physical cores)."""
 
@@ -153,7 +158,7 @@ class OpenVinoBackend(Backend):
         super().check_precision(precision)
         if precision == "fp16":
             self.require_available()
-            caps = _ov().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            caps = cpu_capabilities()
             if "FP16" not in caps:
                 raise ConfigError(
                     f"backend 'openvino' cannot run fp16 on this CPU (capabilities: "
