@@ -273,3 +273,23 @@ def test_busy_machine_warning_thresholds():
     (line,) = busy_warning({"usable_cpus": 2, "load_average_start": 5.3, "load_average_end": 2.5})
     assert line.startswith("WARNING: the machine was busy (1-min load average 5.3 before, 2.5 after, on 2")
     assert busy_warning({"usable_cpus": 2, "load_average_start": None, "load_average_end": 3.5})
+
+
+def test_every_bench_option_reaches_the_config(tmp_path):
+    """Walk the command's click parameters: each one, changed from its default, changes the config."""
+    from edgexfer.commands.bench import bench, config_from_params
+    from edgexfer.config import to_dict
+
+    base = bench.make_context("bench", []).params
+    changes = {"model": ("resnet18,mobilenet_v3_large",), "run": str(tmp_path), "backend": ("onnxruntime",),
+               "precision": ("int8",), "batch": ("2", "4"), "size": 64, "threads": 2, "uint8_input": False,
+               "e2e": False, "min_time": 0.5, "min_iterations": 7, "work_dir": "w", "out": "o",
+               "machine_name": "box", "calibration": "c"}
+    assert set(changes) == set(base), "a bench option is missing from this walk"
+    reference = to_dict(config_from_params(base, progress=False))
+    for name, value in changes.items():
+        changed = {k for k, v in to_dict(config_from_params({**base, name: value}, progress=False)).items()
+                   if v != reference[k]}
+        assert changed, f"--{name.replace('_', '-')} does not reach BenchConfig"
+    config = config_from_params({**base, "batch": ("2,4", "8")}, progress=False)
+    assert config.batch_sizes == (2, 4, 8)

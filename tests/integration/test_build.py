@@ -248,3 +248,26 @@ def test_default_smoke_gate_catches_a_build_from_wrong_weights(trained_export, t
     # nothing of the wrong build was recorded or put in place
     assert Manifest.open(run).get("onnxruntime_int8").sha256 == good_sha == sha256_file(good.path)
     assert _hidden(run) == []
+
+
+def test_every_build_option_reaches_the_config(tmp_path):
+    """Walk the command's click parameters: each one, changed from its default, changes the config; a new
+    option that config_from_params ignores fails here (YAML keys = CLI options, from one source)."""
+    from edgexfer.backends.base import all_build_options
+    from edgexfer.commands.build import build, config_from_params
+
+    base = build.make_context("build", [str(tmp_path), "--backend", "onnxruntime"]).params
+    changes = {"backend": "openvino", "precision": "int8", "source": "onnx_uint8", "smoke": False,
+               "smoke_images": 3, "smoke_data": str(tmp_path)}
+    for name, (option, owners) in all_build_options().items():
+        value = 3 if option.kind is int else (option.choices[0] if option.choices else not option.default)
+        changes[name] = (owners[0], value)
+    assert set(changes) == set(base) - {"run_dir"}, "a build option is missing from this walk"
+    reference = to_dict(config_from_params(base, progress=False))
+    for name, change in changes.items():
+        backend, value = change if isinstance(change, tuple) else (base["backend"], change)
+        config = config_from_params({**base, "backend": backend, name: value}, progress=False)
+        changed = {k for k, v in to_dict(config).items() if v != reference[k]} - ({"backend"} - {name})
+        assert changed, f"--{name.replace('_', '-')} does not reach BuildConfig"
+        if isinstance(change, tuple):
+            assert config.options == {name: value}
