@@ -87,7 +87,8 @@ def test_finetune_interrupted_then_resumed(tmp_path, split_image_folder, sig, po
     stage_dir = out / "finetune"
     last = stage_dir / "last.pt"
     if point == "after_first_epoch":
-        condition = last.exists
+        # metrics.json is the last file an epoch writes (after best.pt and last.pt): the epoch is complete
+        condition = (stage_dir / "metrics.json").exists
     else:
         condition = lambda: bool(_partials(stage_dir, "best.pt"))  # noqa: E731
     code = _kill_when(_finetune_args(split_image_folder, out), condition, sig)
