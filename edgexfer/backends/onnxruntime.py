@@ -280,9 +280,8 @@ class OnnxRuntimeBackend(Backend):
     ) -> BuildResult:
         """Optimise ``onnx_path`` offline and save ``out_dir/onnxruntime_<precision>.onnx``.
 
-        Options (:attr:`build_options`): ``opt_level`` (offline optimisation, default 'extended'; 'all'
-        is not portable across CPUs), ``threads``. fp16 converts the float model's weights first,
-        keeping float32 I/O.
+        Options: ``opt_level`` (offline optimisation, default 'extended'; 'all' is not portable across
+        CPUs), ``threads``. fp16 converts the float model's weights first, keeping float32 I/O.
         """
         from edgexfer.fsutil import atomic_path
         from edgexfer.hardware import cpu_info
