@@ -9,47 +9,12 @@ from typing import Any, Dict, List
 
 from edgexfer import __version__
 
-LIBRARIES = (
-    "torch",
-    "torchvision",
-    "onnx",
-    "onnxruntime",
-    "onnxruntime-gpu",
-    "onnxscript",
-    "openvino",
-    "tensorrt",
-    "polygraphy",
-    "cuda-python",
-    "numpy",
-    "pillow",
-)
-
-
-def library_versions() -> Dict[str, str]:
-    """Installed versions by distribution name, without importing the libraries ('' when absent)."""
-    from importlib import metadata
-
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = ""
-    if not versions["tensorrt"]:
-        # JetPack installs TensorRT as an apt package: no pip metadata, but it imports.
-        try:
-            import tensorrt
-
-            versions["tensorrt"] = f"{tensorrt.__version__} (system)"
-        except ImportError:
-            pass
-    return versions
-
 
 def doctor_report() -> Dict[str, Any]:
     """Everything ``edgexfer doctor`` prints, as one JSON-safe dict."""
     from edgexfer import hardware
     from edgexfer.backends.base import available_backends
+    from edgexfer.provenance import library_versions
 
     cpu = hardware.cpu_info()
     has_gpu, gpu_line = hardware.gpu_summary()
@@ -58,7 +23,7 @@ def doctor_report() -> Dict[str, Any]:
         "python": platform.python_version(),
         "executable": sys.executable,
         "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
-        "libraries": library_versions(),
+        "libraries": library_versions(include_missing=True, import_tensorrt=True),
         "backends": [{"name": n, "usable": ok, "detail": why} for n, ok, why in available_backends()],
         "cpu": {**cpu, "int8": hardware.int8_cpu_summary(cpu["features"])},
         "gpu": {

@@ -1,9 +1,11 @@
-"""Facts about this machine: CPU cores and features, NVIDIA GPU, Jetson module, JetPack/L4T, power mode.
+"""Facts about this machine: CPU cores and features, NVIDIA GPU, Jetson module, JetPack/L4T, power
+mode.
 
 Used by ``edgexfer doctor``, by the backends (threads = physical cores, engine sidecars) and by the
-benchmarks (what the numbers were measured on). Every reader is pure on the text it is given
-(``parse_*``) and has a thin function that reads the real file or command, so the logic is tested
-without the hardware. Nothing here imports torch, tensorrt or CUDA libraries unless asked.
+benchmarks (what the numbers were measured on, under which name, and how busy the machine was).
+Every reader is pure on the text it is given (``parse_*``) and has a thin function that reads the
+real file or command, so the logic is tested without the hardware. Nothing here imports torch,
+tensorrt or CUDA libraries unless asked.
 """
 
 from __future__ import annotations
@@ -233,7 +235,7 @@ def jetson_info() -> Optional[Dict[str, Any]]:
     """Jetson module, L4T and JetPack releases, power mode, jetson_clocks state; None off a Jetson."""
     release_file = Path("/etc/nv_tegra_release")
     model_file = Path("/proc/device-tree/model")
-    if not release_file.exists() and not Path("/etc/nv_tegra_release").is_symlink():
+    if not release_file.exists():
         return None
     l4t = parse_l4t_release(_read(release_file))
     model = _read(model_file).replace("\x00", "").strip() or "unknown Jetson"
@@ -300,3 +302,56 @@ def gpu_summary() -> Tuple[bool, str]:
     if shutil.which("nvidia-smi") is None:
         return False, "no NVIDIA GPU found (nvidia-smi is not installed)"
     return False, "no NVIDIA GPU found (nvidia-smi lists none)"
+
+
+# ---- the machine a measurement was taken on -----------------------------------------------------
+def machine_slug(record: Dict[str, Any]) -> str:
+    """A stable file name for this machine: CPU (or Jetson module / GPU) and core count."""
+    if record.get("jetson"):
+        base = record["jetson"].get("module", "jetson")
+    elif record.get("gpus"):
+        base = f"{record['cpu']}-{record['gpus'][0]['name']}"
+    else:
+        base = record.get("cpu", "cpu")
+    base = re.sub(r"\((r|tm|c)\)", "", base, flags=re.IGNORECASE)
+    base = re.sub(r"\b(processor|cpu|@.*)\b", "", base, flags=re.IGNORECASE)
+    slug = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-") or "machine"
+    return f"{slug}-{record.get('physical_cores', 0)}c"
+
+
+def measurement_record(threads: int) -> Dict[str, Any]:
+    """:func:`machine_record` plus what a latency depends on besides: threads used, CPUs usable, the load
+    before measuring and the library versions."""
+    from edgexfer.provenance import tool_versions
+
+    record = machine_record()
+    record["threads_used"] = threads
+    record["usable_cpus"] = cpu_info()["usable_cpus"]
+    record["load_average_start"] = load_average()
+    record["versions"] = tool_versions()
+    return record
+
+
+def load_average() -> Optional[float]:
+    """The 1-minute load average (None where the OS has none): shows whether numbers were contended."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_warning(machine: Dict[str, Any]) -> List[str]:
+    """A warning line when other processes competed for the CPUs while measuring.
+
+    The 1-minute load average before measuring is other processes only; at the end it also holds the
+    measurement's own threads, so the threshold there is higher.
+    """
+    cpus = machine.get("usable_cpus") or 1
+    start, end = machine.get("load_average_start"), machine.get("load_average_end")
+    if (start is not None and start > 0.75 * cpus) or (end is not None and end > 1.5 * cpus):
+        return [
+            f"WARNING: the machine was busy (1-min load average {start} before, {end} after, on {cpus} "
+            "CPUs): other processes competed for the cores, which inflates latencies (torch's OpenMP "
+            "threads worst of all) and distorts ratios; rerun on an idle machine for numbers to publish"
+        ]
+    return []

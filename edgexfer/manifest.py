@@ -1,11 +1,12 @@
 """The run directory's ``manifest.json``: the contract between stages.
 
 Every artifact a stage writes is recorded with its path (relative to the run directory), kind,
-sha256, the stage and config that made it, the hashes of the artifacts it was made from
-(``inputs``), the tool versions, and metrics measured on it. A later stage calls
-:meth:`Manifest.require` to get an input: that checks the file exists, that its hash still matches,
-and that every input it was made from is itself unchanged -- so a changed checkpoint makes the ONNX
-model stale, a changed ONNX model its INT8 artifacts, and so on.
+sha256 (and those of the files it is made of besides: OpenVINO's weights, a sidecar), the stage and
+config that made it, the hashes of the artifacts it was made from (``inputs``), the tool versions,
+and metrics measured on it. A later stage calls :meth:`Manifest.require` to get an input: that
+checks the file exists, that its hash still matches, and that every input it was made from is itself
+unchanged -- so a changed checkpoint makes the ONNX model stale, a changed ONNX model its INT8
+artifacts, and so on.
 
 Writes are atomic and serialised by a lock file, so two stages (or two DDP ranks by mistake) never
 interleave a half-written manifest.
@@ -14,46 +15,19 @@ interleave a half-written manifest.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
 import os
-import platform
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from edgexfer import __version__
 from edgexfer.errors import ArtifactError, StaleArtifactError
 from edgexfer.fsutil import atomic_write_json, sha256_file
+from edgexfer.provenance import now_iso, tool_versions
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-
-_TOOL_DISTRIBUTIONS = (
-    "torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "openvino",
-    "tensorrt", "numpy", "pillow",
-)
-
-
-def now_iso() -> str:
-    """UTC timestamp, second resolution, ISO 8601."""
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def tool_versions() -> Dict[str, str]:
-    """Versions of Python, edgexfer and the installed ML libraries, without importing them."""
-    from importlib import metadata
-
-    versions = {"python": platform.python_version(), "edgexfer": __version__}
-    for dist in _TOOL_DISTRIBUTIONS:
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    if "tensorrt" not in versions and "tensorrt" in sys.modules:  # JetPack's apt TensorRT
-        versions["tensorrt"] = getattr(sys.modules["tensorrt"], "__version__", "unknown")
-    return versions
 
 
 @dataclass
@@ -71,6 +45,8 @@ class Artifact:
     config: Dict[str, Any] = field(default_factory=dict)
     metrics: Dict[str, Any] = field(default_factory=dict)
     extra: Dict[str, Any] = field(default_factory=dict)
+    # Files that belong to the artifact besides ``path`` (OpenVINO's .bin, a sidecar): path -> sha256.
+    companions: Dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> "Artifact":
@@ -88,13 +64,16 @@ class Artifact:
             config=dict(data.get("config", {})),
             metrics=dict(data.get("metrics", {})),
             extra=dict(data.get("extra", {})),
+            companions=dict(data.get("companions", {})),
             **known,
         )
 
     def to_dict(self) -> Dict[str, Any]:
-        """The JSON record (without the name, which is the key)."""
+        """The JSON record (without the name, which is the key; no ``companions`` key when it has none)."""
         record = asdict(self)
         record.pop("name")
+        if not record["companions"]:
+            record.pop("companions")
         return record
 
 
@@ -193,27 +172,41 @@ class Manifest:
     def add_artifact(self, name: str, path: "os.PathLike[str] | str", kind: str, stage: str,
                      inputs: Optional[List[str]] = None, config: Optional[Mapping[str, Any]] = None,
                      metrics: Optional[Mapping[str, Any]] = None,
-                     extra: Optional[Mapping[str, Any]] = None) -> Artifact:
+                     extra: Optional[Mapping[str, Any]] = None,
+                     companions: Sequence["os.PathLike[str] | str"] = ()) -> Artifact:
         """Record (or replace) an artifact already written in the run directory.
 
         ``inputs`` names artifacts it was made from; their current hashes are stored so that a later
-        change to any of them makes this one stale.
+        change to any of them makes this one stale. ``companions`` are further files the artifact is
+        made of (OpenVINO's weights, a sidecar): hashed too, so a change to any of them is noticed.
         """
-        absolute = self._locate(Path(path))
-        if not absolute.is_file():
-            raise ArtifactError(f"cannot record artifact '{name}': {absolute} is not a file")
-        try:
-            relative = absolute.resolve().relative_to(self.run_dir.resolve())
-        except ValueError:
-            relative = absolute.resolve()
+        absolute = self._checked_file(name, path)
+        files = {}
+        for companion in companions:
+            located = self._checked_file(name, companion)
+            files[self._relative(located)] = self._sha256(located)
         artifact = Artifact(
-            name=name, path=relative.as_posix(), kind=kind, sha256=self._sha256(absolute),
+            name=name, path=self._relative(absolute), kind=kind, sha256=self._sha256(absolute),
             size_bytes=absolute.stat().st_size, stage=stage, created=now_iso(),
             inputs={dep: self.get(dep).sha256 for dep in (inputs or [])},
             config=dict(config or {}), metrics=dict(metrics or {}), extra=dict(extra or {}),
+            companions=files,
         )
         self.data["artifacts"][name] = artifact.to_dict()
         return artifact
+
+    def _checked_file(self, name: str, path: "os.PathLike[str] | str") -> Path:
+        absolute = self._locate(Path(path))
+        if not absolute.is_file():
+            raise ArtifactError(f"cannot record artifact '{name}': {absolute} is not a file")
+        return absolute
+
+    def _relative(self, absolute: Path) -> str:
+        """The path as recorded: relative to the run directory when inside it."""
+        try:
+            return absolute.resolve().relative_to(self.run_dir.resolve()).as_posix()
+        except ValueError:
+            return absolute.resolve().as_posix()
 
     def _locate(self, path: Path) -> Path:
         """An artifact path given absolute, relative to the working directory (``runs/x/model.onnx``),
@@ -226,7 +219,8 @@ class Manifest:
         return self.run_dir / path
 
     def remove_artifact(self, name: str) -> None:
-        """Forget an artifact record (the file is left alone)."""
+        """Forget an artifact record (the file is left alone): a rebuild drops the old record before
+        it moves new files under the recorded names, so no record ever describes a file that changed."""
         self.data["artifacts"].pop(name, None)
 
     def add_metrics(self, name: str, metrics: Mapping[str, Any]) -> None:
@@ -245,11 +239,13 @@ class Manifest:
         if not path.is_file():
             raise ArtifactError(f"artifact '{name}' is recorded in {self.run_dir / MANIFEST_NAME} but "
                                 f"{path} is missing; re-run the '{artifact.stage}' stage")
-        actual = self._sha256(path)
-        if actual != artifact.sha256:
-            raise StaleArtifactError(f"artifact '{name}' ({path}) changed since the '{artifact.stage}' stage "
-                                     f"recorded it (sha256 {actual[:12]} != {artifact.sha256[:12]}); "
-                                     f"re-run the '{artifact.stage}' stage")
+        self._check_file(artifact, path, artifact.sha256)
+        for companion, recorded in artifact.companions.items():
+            companion_path = self.run_dir / companion
+            if not companion_path.is_file():
+                raise ArtifactError(f"artifact '{name}' is recorded with {companion_path}, which is missing; "
+                                    f"re-run the '{artifact.stage}' stage")
+            self._check_file(artifact, companion_path, recorded)
         if check_inputs:
             for dep, recorded in artifact.inputs.items():
                 if not self.has(dep):
@@ -262,6 +258,13 @@ class Manifest:
                                              f"'{artifact.stage}' stage")
                 self.require(dep, check_inputs=True)
         return artifact
+
+    def _check_file(self, artifact: Artifact, path: Path, recorded: str) -> None:
+        actual = self._sha256(path)
+        if actual != recorded:
+            raise StaleArtifactError(f"artifact '{artifact.name}' ({path}) changed since the '{artifact.stage}' "
+                                     f"stage recorded it (sha256 {actual[:12]} != {recorded[:12]}); "
+                                     f"re-run the '{artifact.stage}' stage")
 
     def is_fresh(self, name: str) -> bool:
         """True when :meth:`require` would succeed."""
@@ -281,11 +284,6 @@ class Manifest:
             except ArtifactError as exc:
                 problems.append(str(exc))
         return problems
-
-    def leftover_partials(self) -> List[Path]:
-        """Temporary ``.partial`` files a killed process left behind. No stage ever reads them (they are
-        hidden and never recorded); they are listed so tools and tests can report or remove them."""
-        return sorted(self.run_dir.rglob(".*.partial"))
 
     # ---- stages --------------------------------------------------------------------------------
     def record_stage(self, stage: str, config: Mapping[str, Any], metrics: Optional[Mapping[str, Any]] = None,

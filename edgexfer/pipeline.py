@@ -44,7 +44,7 @@ STAGES: Dict[str, tuple] = {
     "export": ("edgexfer.stages.export", "ExportConfig", "run_export", "run_dir"),
     "build": ("edgexfer.stages.build", "BuildConfig", "run_build", "run_dir"),
     "verify": ("edgexfer.stages.verify", "VerifyConfig", "run_verify", "run_dir"),
-    "bench": ("edgexfer.stages.bench", "BenchConfig", "run_bench", "run_dir"),
+    "bench": ("edgexfer.bench_pipeline", "BenchConfig", "run_bench", "run_dir"),
 }
 STAGE_ORDER = list(STAGES)
 # Options that change how a stage reports, not what it makes: left out of the fingerprint.

@@ -5,14 +5,16 @@ Honest timing rules (the ones trtexec and Polygraphy follow):
 - every call is timed on its own with ``time.perf_counter`` so percentiles, not only a mean, exist;
 - at least ``min_iterations`` calls *and* at least ``min_time_s`` seconds, so fast models get enough
   samples for a stable p99 and slow ones still finish; ``max_time_s`` caps the total;
-- the caller passes the same input array to every backend, prepared outside the timed region.
+- the caller passes the same input array to every backend, prepared outside the timed region;
+- several things compared with each other are timed interleaved (:func:`measure_interleaved`), so a
+  change in background load hits all of them alike and their ratios stay fair.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Hashable, Mapping, Tuple
 
 import numpy as np
 
@@ -80,3 +82,25 @@ def measure(fn: Callable[[], Any], config: TimingConfig = TimingConfig()) -> np.
         if count >= config.min_iterations and elapsed >= config.min_time_s:
             break
     return np.asarray(samples, dtype=np.float64)
+
+
+def measure_interleaved(
+    calls: Mapping[Hashable, Callable[[], Any]], rounds: int, round_config: Callable[[int], TimingConfig]
+) -> Tuple[Dict[Hashable, np.ndarray], Dict[Hashable, Exception]]:
+    """Time every call in ``rounds`` rounds, round-robin (A B C, A B C, ...), each round with
+    ``round_config(round_index)``; return (seconds per call over all rounds, errors).
+
+    A call that raises is recorded in errors and not called again; the others go on.
+    """
+    samples: Dict[Hashable, list] = {key: [] for key in calls}
+    errors: Dict[Hashable, Exception] = {}
+    for index in range(rounds):
+        config = round_config(index)
+        for key, call in calls.items():
+            if key in errors:
+                continue
+            try:
+                samples[key].append(measure(call, config))
+            except Exception as exc:  # noqa: BLE001 - one failing runtime must not stop the others
+                errors[key] = exc
+    return {key: np.concatenate(parts) for key, parts in samples.items() if key not in errors}, errors

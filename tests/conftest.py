@@ -55,26 +55,11 @@ def make_run_dir(run_dir: Path, arch: str = "resnet18", class_names: List[str] =
 
     For tests of later stages that need a valid checkpoint and manifest but not accuracy.
     """
-    import torch
-
-    from edgexfer.checkpoint import CheckpointMeta, save_checkpoint
-    from edgexfer.manifest import Manifest
-    from edgexfer.models import build_model
     from edgexfer.preprocess import Preprocess
+    from edgexfer.random_run import write_random_run
 
-    torch.manual_seed(seed)
-    class_names = class_names or list(CLASS_COLOURS)
-    model = build_model(arch, len(class_names)).eval()
-    meta = CheckpointMeta(arch=arch, class_names=class_names,
-                          preprocess=Preprocess(size=size, resize_size=size, augment="none"),
-                          weights_source="none")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(run_dir / "finetune" / "best.pt", model.state_dict(), meta)
-    with Manifest.update(run_dir, create=True) as manifest:
-        manifest.add_artifact("checkpoint", run_dir / "finetune" / "best.pt", kind="checkpoint",
-                              stage="finetune", config={"arch": arch})
-        manifest.record_stage("finetune", {"arch": arch})
-    return run_dir
+    preprocess = Preprocess(size=size, resize_size=size, augment="none")
+    return write_random_run(run_dir, arch, class_names or list(CLASS_COLOURS), preprocess, seed)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import abc
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -72,10 +72,26 @@ class BuildOption:
         """The command-line spelling, e.g. ``--max-batch``."""
         return "--" + self.name.replace("_", "-")
 
+    def check(self, value: Any) -> None:
+        """Raise ConfigError when ``value`` is not of this option's kind (or not one of its choices)."""
+        # bool is an int in Python; an int option given ``true`` is a mistake, not 1.
+        if not isinstance(value, self.kind) or (self.kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{self.flag} takes {_KIND_WORDS.get(self.kind, self.kind.__name__)}, "
+                              f"got {value!r}")
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"{self.flag} must be one of {', '.join(self.choices)}, got {value!r}")
+
+
+_KIND_WORDS = {bool: "true or false", int: "a whole number", str: "a string"}
+
 
 @dataclass
 class BuildResult:
-    """What :meth:`Backend.build` wrote: the artifact file, its kind and facts worth recording."""
+    """What :meth:`Backend.build` wrote: the artifact file, its kind and facts worth recording.
+
+    The build stage moves the result out of its staging folder with ``dataclasses.replace(result,
+    path=...)``: nothing else in it may name the staging folder.
+    """
 
     path: Path
     kind: str
@@ -156,7 +172,25 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def build(self, onnx_path: Path, precision: str, out_dir: Path,
               options: Optional[Dict[str, Any]] = None) -> BuildResult:
-        """Build an artifact from an ONNX file (float, or the matching INT8 QDQ one for int8)."""
+        """Build an artifact from an ONNX file (float, or the matching INT8 QDQ one for int8).
+
+        Writes ``out_dir/<backend>_<precision>.<ext>`` and the files :meth:`artifact_files` names.
+        The build stage passes a private staging folder as ``out_dir`` and moves those files into the
+        run's ``build/`` folder only after its smoke check; state kept between builds (TensorRT's timing
+        cache) belongs in :func:`build_home` of ``out_dir``.
+        """
+
+    def artifact_files(self, path: Path) -> List[Path]:
+        """Every file the artifact at ``path`` is made of; they are moved and hashed together.
+
+        The artifact itself and its sidecar when it has one; backends with more (OpenVINO's weights)
+        add theirs. The artifact comes last, so a reader that finds it finds the rest.
+        """
+        from edgexfer.backends.sidecar import sidecar_path
+
+        path = Path(path)
+        sidecar = sidecar_path(path)
+        return ([sidecar] if sidecar != path and sidecar.is_file() else []) + [path]
 
     @abc.abstractmethod
     def load(self, artifact_path: Path, options: Optional[Dict[str, Any]] = None) -> Runner:
@@ -195,6 +229,34 @@ def artifact_target(name: str, record: Any) -> Tuple[str, str]:
         f"artifact '{name}' is a {record.kind} from the {record.stage} stage, not a model; name a build "
         f"artifact, an exported ONNX model ({', '.join(EXPORT_MODELS)}) or the checkpoint"
     )
+
+
+# The build stage stages a build in ``build/.<name>.<random>.partial/`` (see Backend.build).
+STAGING_SUFFIX = ".partial"
+
+
+def build_home(out_dir: Path) -> Path:
+    """Where a build's artifacts end up: ``out_dir``, or its parent when ``out_dir`` is the build stage's
+    staging folder, which is discarded after the build."""
+    out_dir = Path(out_dir)
+    if out_dir.name.startswith(".") and out_dir.name.endswith(STAGING_SUFFIX):
+        return out_dir.parent
+    return out_dir
+
+
+def check_build_options(backend: str, options: Mapping[str, Any]) -> None:
+    """Raise one ConfigError line when ``options`` holds one ``backend`` does not declare (naming the
+    backends that take it) or a value of the wrong kind."""
+    declared = {option.name: option for option in _backend_class(backend).build_options}
+    everyone = all_build_options()
+    for key, value in options.items():
+        if key in declared:
+            declared[key].check(value)
+        elif key in everyone:
+            option, owners = everyone[key]
+            raise ConfigError(f"{option.flag} applies to --backend {'/'.join(owners)}, not {backend}; drop it")
+        else:
+            raise ConfigError(f"unknown build option '{key}'; build options: {', '.join(sorted(everyone))}")
 
 
 def all_build_options() -> Dict[str, Tuple[BuildOption, List[str]]]:

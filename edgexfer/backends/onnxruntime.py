@@ -247,7 +247,7 @@ class OnnxRuntimeBackend(Backend):
     build_options = (
         BuildOption("threads", int, "ONNX Runtime: threads for the offline optimisation."),
         BuildOption(
-            "level",
+            "opt_level",
             str,
             "ONNX Runtime: offline graph optimisation (default extended; 'all' is tied to this CPU).",
             choices=("basic", "extended", "all"),
@@ -280,7 +280,7 @@ class OnnxRuntimeBackend(Backend):
     ) -> BuildResult:
         """Optimise ``onnx_path`` offline and save ``out_dir/onnxruntime_<precision>.onnx``.
 
-        Options: ``level`` (offline optimisation, default 'extended'; 'all' is not portable across
+        Options: ``opt_level`` (offline optimisation, default 'extended'; 'all' is not portable across
         CPUs), ``threads``. fp16 converts the float model's weights first, keeping float32 I/O.
         """
         from edgexfer.fsutil import atomic_path
@@ -288,7 +288,7 @@ class OnnxRuntimeBackend(Backend):
 
         options = dict(options or {})
         self.check_precision(precision)
-        level = str(options.get("level", "basic" if precision == "fp16" else "extended"))
+        level = str(options.get("opt_level", "basic" if precision == "fp16" else "extended"))
         opt_level(level)
         source = Path(onnx_path)
         if not source.is_file():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -36,6 +36,11 @@ def _ov() -> Any:
 def inference_precision(precision: str) -> str:
     """OpenVINO's INFERENCE_PRECISION_HINT for an edgexfer precision (int8 layers stay int8 either way)."""
     return "f16" if precision == "fp16" else "f32"
+
+
+def cpu_capabilities() -> List[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of the CPU device (``FP16`` decides whether fp16 runs)."""
+    return list(_ov().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 class OpenVinoRunner(Runner):
@@ -153,7 +158,7 @@ class OpenVinoBackend(Backend):
         super().check_precision(precision)
         if precision == "fp16":
             self.require_available()
-            caps = _ov().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            caps = cpu_capabilities()
             if "FP16" not in caps:
                 raise ConfigError(
                     f"backend 'openvino' cannot run fp16 on this CPU (capabilities: "
@@ -207,6 +212,12 @@ class OpenVinoBackend(Backend):
             extra={**facts, "weights": xml.with_suffix(".bin").name},
         )
 
+    def artifact_files(self, path: Path) -> List[Path]:
+        """The IR is the .xml, its weights (.bin) and the sidecar; the .xml comes last."""
+        path = Path(path)
+        weights = [path.with_suffix(".bin")] if path.suffix == ".xml" else []
+        return weights + super().artifact_files(path)
+
     def load(self, artifact_path: Path, options: Optional[Dict[str, Any]] = None) -> Runner:
         """A runner for an IR .xml (precision from its sidecar) or an ONNX file directly.
 
@@ -219,16 +230,30 @@ class OpenVinoBackend(Backend):
         if not path.is_file():
             raise ArtifactError(f"OpenVINO model '{path}' does not exist")
         precision = options.get("precision")
-        if precision is None and path.suffix == ".xml" and sidecar_path(path).is_file():
-            precision = read_sidecar(path).get("precision")
+        sidecar = read_sidecar(path) if path.suffix == ".xml" and sidecar_path(path).is_file() else {}
+        if precision is None:
+            precision = sidecar.get("precision")
         if path.suffix == ".xml":
-            bin_path = path.with_suffix(".bin")
-            if not bin_path.is_file():
-                raise ArtifactError(f"OpenVINO IR '{path}' has no weights file '{bin_path.name}' beside it")
+            _check_weights(path, sidecar.get("build", {}).get("weights_sha256"))
         return OpenVinoRunner(
             path,
             precision=str(precision or "fp32"),
             threads=options.get("threads"),
             device=str(options.get("device", "CPU")),
             pin_threads=bool(options.get("pin_threads", False)),
+        )
+
+
+def _check_weights(xml: Path, recorded: Optional[str]) -> None:
+    """The IR's .bin must exist and, when the sidecar recorded its hash, still have it: OpenVINO would
+    otherwise run the .xml's graph on other weights without a word."""
+    from edgexfer.fsutil import sha256_file
+
+    weights = xml.with_suffix(".bin")
+    if not weights.is_file():
+        raise ArtifactError(f"OpenVINO IR '{xml}' has no weights file '{weights.name}' beside it")
+    if recorded and sha256_file(weights) != recorded:
+        raise ArtifactError(
+            f"OpenVINO weights '{weights}' changed since '{xml.name}' was built (sha256 differs from its "
+            "sidecar); rebuild it with 'edgexfer build'"
         )

@@ -39,7 +39,7 @@ def write_sidecar(
 ) -> Path:
     """Write the sidecar of ``artifact`` atomically; return its path."""
     from edgexfer.fsutil import atomic_write_json
-    from edgexfer.manifest import now_iso
+    from edgexfer.provenance import now_iso
 
     record = {
         "format": SIDECAR_FORMAT,

@@ -1,75 +1,106 @@
-"""``edgexfer bench``: latency matrix, models x backends x precisions x batch sizes (stages/bench.py)."""
+"""``edgexfer bench``: latency matrix, models x backends x precisions x batch sizes (edgexfer/bench_pipeline.py).
+
+Every option's click name is its long option (``--batch`` -> ``batch``), so a pipeline step takes the
+same keys; :func:`config_from_params` turns them into the checked :class:`BenchConfig`.
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import dataclasses
+from typing import Any, Dict, Iterable, Tuple
 
 import click
 
+from edgexfer.stages.bench.config import DEFAULT_MODELS, BenchConfig
 
-def _split(values: Tuple[str, ...]) -> Tuple[str, ...]:
-    """Repeatable and comma-separated option values as one tuple."""
-    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(BenchConfig)}
+
+
+def _split(values: Iterable[Any]) -> Tuple[str, ...]:
+    """Repeatable and comma-separated option values as one tuple of strings."""
+    return tuple(part.strip() for value in values for part in str(value).split(",") if part.strip())
+
+
+def config_from_params(params: Dict[str, Any], progress: bool) -> BenchConfig:
+    """The bench config of the command's click parameters (CLI or pipeline step)."""
+    from edgexfer.errors import ConfigError
+
+    try:
+        batch_sizes = tuple(int(b) for b in _split(params["batch"])) or _DEFAULTS["batch_sizes"]
+    except ValueError as exc:
+        raise ConfigError(f"--batch takes integers, got {list(params['batch'])}") from exc
+    run_dir = params["run"]
+    return BenchConfig(
+        models=_split(params["model"]) or (() if run_dir else DEFAULT_MODELS),
+        size=params["size"],
+        batch_sizes=batch_sizes,
+        backends=_split(params["backend"]) or None,
+        precisions=_split(params["precision"]) or _DEFAULTS["precisions"],
+        run_dir=run_dir,
+        work_dir=params["work_dir"],
+        out_dir=params["out"],
+        machine_name=params["machine_name"],
+        threads=params["threads"],
+        end_to_end=params["e2e"],
+        uint8_input=params["uint8_input"],
+        calibration=params["calibration"],
+        min_time_s=params["min_time"],
+        min_iterations=params["min_iterations"],
+        progress=progress,
+    )
 
 
 @click.command("bench")
 @click.option(
-    "--model",
-    "models",
-    multiple=True,
-    help="torchvision models (comma-separated or repeated) [default: resnet18, mobilenet_v3_large, "
-    "efficientnet_b0].",
+    "--model", multiple=True, help=f"torchvision models (comma-separated or repeated) [default: "
+    f"{', '.join(DEFAULT_MODELS)}]."
 )
 @click.option(
     "--run",
-    "run_dir",
     type=click.Path(file_okay=False, path_type=str),
     default=None,
     help="Bench this run directory's built artifacts (trained weights) instead of random-weight models.",
 )
+@click.option("--backend", multiple=True, help="Only these backends [default: every available one].")
 @click.option(
-    "--backend", "backends", multiple=True, help="Only these backends [default: every available one]."
+    "--precision", multiple=True,
+    help=f"Precisions [default: {', '.join(_DEFAULTS['precisions'])} where supported].",
 )
 @click.option(
-    "--precision", "precisions", multiple=True, help="Precisions [default: fp32, fp16, int8 where supported]."
+    "--batch", multiple=True, help=f"Batch sizes [default: {', '.join(map(str, _DEFAULTS['batch_sizes']))}]."
 )
-@click.option("--batch", "batches", multiple=True, help="Batch sizes [default: 1, 8].")
-@click.option("--size", type=int, default=224, show_default=True, help="Input size of random-weight models.")
+@click.option("--size", type=int, default=_DEFAULTS["size"], show_default=True,
+              help="Input size of random-weight models.")
 @click.option("--threads", type=int, default=None, help="Threads per runtime [default: physical cores].")
 @click.option(
     "--uint8-input/--float-input",
-    default=True,
+    default=_DEFAULTS["uint8_input"],
     show_default=True,
     help="Bench the uint8-input exports (preprocessing folded into the model).",
 )
 @click.option(
     "--e2e/--no-e2e",
-    "end_to_end",
-    default=True,
+    default=_DEFAULTS["end_to_end"],
     show_default=True,
     help="Also time image file -> decode -> preprocess -> infer -> top-5.",
 )
 @click.option(
-    "--min-time",
-    "min_time_s",
-    type=float,
-    default=1.0,
-    show_default=True,
+    "--min-time", type=float, default=_DEFAULTS["min_time_s"], show_default=True,
     help="Minimum seconds of timed calls per measurement.",
 )
-@click.option("--min-iterations", type=int, default=30, show_default=True, help="Minimum timed calls.")
+@click.option("--min-iterations", type=int, default=_DEFAULTS["min_iterations"], show_default=True,
+              help="Minimum timed calls.")
 @click.option(
     "--work-dir",
     type=click.Path(file_okay=False, path_type=str),
-    default="runs/bench",
+    default=str(_DEFAULTS["work_dir"]),
     show_default=True,
     help="Where random-weight models are exported and built (reused).",
 )
 @click.option(
     "--out",
-    "out_dir",
     type=click.Path(file_okay=False, path_type=str),
-    default="benchmarks/results",
+    default=str(_DEFAULTS["out_dir"]),
     show_default=True,
     help="Where <machine>.json/.md/.png go.",
 )
@@ -77,58 +108,19 @@ def _split(values: Tuple[str, ...]) -> Tuple[str, ...]:
 @click.option(
     "--calibration",
     type=click.Path(file_okay=False, path_type=str),
-    default="calibration/fashion-mnist",
+    default=str(_DEFAULTS["calibration"]),
     show_default=True,
-    help="Calibration images for the INT8 exports.",
+    help="Calibration images for the INT8 exports (class sub-folders name the random models' classes).",
 )
-def bench(
-    models: Tuple[str, ...],
-    run_dir: Optional[str],
-    backends: Tuple[str, ...],
-    precisions: Tuple[str, ...],
-    batches: Tuple[str, ...],
-    size: int,
-    threads: Optional[int],
-    uint8_input: bool,
-    end_to_end: bool,
-    min_time_s: float,
-    min_iterations: int,
-    work_dir: str,
-    out_dir: str,
-    machine_name: Optional[str],
-    calibration: str,
-) -> None:
+def bench(**_: Any) -> None:
     """Latency matrix on this machine: model alone and end to end, with the machine recorded.
 
     Random weights are used unless --run is given: latency does not depend on the weights' values.
     """
+    from edgexfer.bench_pipeline import run_bench
     from edgexfer.console import progress_enabled
-    from edgexfer.errors import ConfigError
-    from edgexfer.stages.bench import DEFAULT_MODELS, BenchConfig, run_bench
 
-    try:
-        batch_sizes = tuple(int(b) for b in _split(batches)) or (1, 8)
-    except ValueError as exc:
-        raise ConfigError(f"--batch takes integers, got {list(batches)}") from exc
-    config = BenchConfig(
-        models=_split(models) or (() if run_dir else DEFAULT_MODELS),
-        size=size,
-        batch_sizes=batch_sizes,
-        backends=_split(backends) or None,
-        precisions=_split(precisions) or ("fp32", "fp16", "int8"),
-        run_dir=run_dir,
-        work_dir=work_dir,
-        out_dir=out_dir,
-        machine_name=machine_name,
-        threads=threads,
-        end_to_end=end_to_end,
-        uint8_input=uint8_input,
-        calibration=calibration,
-        min_time_s=min_time_s,
-        min_iterations=min_iterations,
-        progress=progress_enabled(),
-    )
-    result = run_bench(config)
+    result = run_bench(config_from_params(click.get_current_context().params, progress_enabled()))
     data = result.data
     click.echo(
         f"{len([r for r in data['results'] if r.get('status') == 'ok'])} measurements on "

@@ -1,12 +1,64 @@
-"""``edgexfer build RUN_DIR --backend B --precision P``: build a runtime artifact (see stages/build.py)."""
+"""``edgexfer build RUN_DIR --backend B --precision P``: build a runtime artifact (see stages/build.py).
+
+The backend options (``--max-batch``, ``--opt-level``, ...) are made from what each backend declares
+(:attr:`edgexfer.backends.base.Backend.build_options`); :func:`config_from_params` turns the command's
+parameters (from the command line or a pipeline step) into the checked :class:`BuildConfig`.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import dataclasses
+from typing import Any, Callable, Dict
 
 import click
 
-from edgexfer.backends.base import BACKENDS, PRECISIONS
+from edgexfer.backends.base import BACKENDS, PRECISIONS, REFERENCE_BACKEND, BuildOption, all_build_options
+from edgexfer.stages.build import BuildConfig
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(BuildConfig)}
+
+
+def config_from_params(params: Dict[str, Any], progress: bool) -> BuildConfig:
+    """The build config of the command's click parameters. A backend option that was not given (None,
+    or an unset on-only flag) is left out, so the backend's own default applies; one given to a
+    backend that does not declare it is a ConfigError naming the backends that take it."""
+    options = {}
+    for name, (option, _) in all_build_options().items():
+        value = params.get(name)
+        if value is None or (value is False and option.kind is bool and not option.negative):
+            continue
+        options[name] = value
+    return BuildConfig(
+        run_dir=params["run_dir"],
+        backend=params["backend"],
+        precision=params["precision"],
+        source=params["source"],
+        options=options,
+        smoke=params["smoke"],
+        smoke_images=params["smoke_images"],
+        smoke_data=params["smoke_data"],
+        progress=progress,
+    )
+
+
+def _backend_option(option: BuildOption) -> Callable[[Any], Any]:
+    """The click option for one declared build option (default None: 'not given')."""
+    shown = option.default is not None and "default" not in option.help
+    help_text = option.help + (f"  [default: {option.default}]" if shown else "")
+    if option.kind is bool and option.negative:
+        flags = f"{option.flag}/--{option.negative.replace('_', '-')}"
+        return click.option(flags, option.name, default=None, help=help_text)
+    if option.kind is bool:
+        return click.option(option.flag, option.name, is_flag=True, default=None, help=help_text)
+    kind = click.Choice(option.choices) if option.choices else option.kind
+    return click.option(option.flag, option.name, type=kind, default=None, help=help_text)
+
+
+def _with_backend_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one click option per declared build option, in declaration order."""
+    for option, _ in reversed(list(all_build_options().values())):
+        command = _backend_option(option)(command)
+    return command
 
 
 @click.command("build")
@@ -14,12 +66,12 @@ from edgexfer.backends.base import BACKENDS, PRECISIONS
 @click.option(
     "--backend",
     required=True,
-    metavar="|".join(b for b in BACKENDS if b != "torch"),
+    metavar="|".join(b for b in BACKENDS if b != REFERENCE_BACKEND),
     help="Runtime to build for.",
 )
 @click.option(
     "--precision",
-    default="fp32",
+    default=_DEFAULTS["precision"],
     show_default=True,
     metavar="|".join(PRECISIONS),
     help="fp32 and fp16 build from the float ONNX, int8 from the matching INT8 QDQ export.",
@@ -27,66 +79,24 @@ from edgexfer.backends.base import BACKENDS, PRECISIONS
 @click.option(
     "--source", default=None, help="Manifest artifact to build from (default: by backend/precision)."
 )
-@click.option("--threads", type=int, default=None, help="ONNX Runtime: threads for the offline optimisation.")
-@click.option(
-    "--opt-level",
-    type=click.Choice(["basic", "extended", "all"]),
-    default=None,
-    help="ONNX Runtime: offline graph optimisation (default extended; 'all' is tied to this CPU).",
-)
-@click.option("--min-batch", type=int, default=None, help="TensorRT: profile minimum batch (default 1).")
-@click.option(
-    "--opt-batch", type=int, default=None, help="TensorRT: batch the kernels are tuned for (default 1)."
-)
-@click.option("--max-batch", type=int, default=None, help="TensorRT: profile maximum batch (default 8).")
-@click.option(
-    "--workspace-mb", type=int, default=None, help="TensorRT: builder workspace limit (default 1024)."
-)
-@click.option(
-    "--dla-core", type=int, default=None, help="TensorRT on Jetson: run on this DLA core, GPU fallback."
-)
-@click.option(
-    "--version-compatible", is_flag=True, help="TensorRT 8.6+: engine runs on later TensorRT versions."
-)
-@click.option("--hardware-compatible", is_flag=True, help="TensorRT 8.6+: engine runs on any Ampere+ GPU.")
-@click.option(
-    "--strongly-typed/--weakly-typed",
-    "strongly_typed",
-    default=None,
-    help="TensorRT 10: network typing (11 is always strongly typed, 8.x always weakly).",
-)
+@_with_backend_options
 @click.option(
     "--smoke/--no-smoke",
-    default=True,
+    default=_DEFAULTS["smoke"],
     show_default=True,
     help="Compare the build with the float ONNX on a few real images before recording it.",
 )
-@click.option("--smoke-images", type=int, default=8, show_default=True, help="Images for the smoke check.")
+@click.option(
+    "--smoke-images", type=int, default=_DEFAULTS["smoke_images"], show_default=True,
+    help="Images for the smoke check.",
+)
 @click.option(
     "--smoke-data",
     type=click.Path(exists=True, path_type=str),
     default=None,
     help="Images for the smoke check (default: the run's validation split).",
 )
-def build(
-    run_dir: str,
-    backend: str,
-    precision: str,
-    source: Optional[str],
-    threads: Optional[int],
-    opt_level: Optional[str],
-    min_batch: Optional[int],
-    opt_batch: Optional[int],
-    max_batch: Optional[int],
-    workspace_mb: Optional[int],
-    dla_core: Optional[int],
-    version_compatible: bool,
-    hardware_compatible: bool,
-    strongly_typed: Optional[bool],
-    smoke: bool,
-    smoke_images: int,
-    smoke_data: Optional[str],
-) -> None:
+def build(**_: Any) -> None:
     """Build RUN_DIR's ONNX model for a runtime, smoke-check it and record it in the manifest.
 
     \b
@@ -96,35 +106,9 @@ def build(
       edgexfer build runs/r18 --backend tensorrt --precision int8 --dla-core 0   # Jetson Orin
     """
     from edgexfer.console import progress_enabled
-    from edgexfer.errors import ConfigError
-    from edgexfer.stages.build import BuildConfig, run_build
+    from edgexfer.stages.build import run_build
 
-    options = _backend_options(
-        backend,
-        threads=threads,
-        level=opt_level,
-        min_batch=min_batch,
-        opt_batch=opt_batch,
-        max_batch=max_batch,
-        workspace_mb=workspace_mb,
-        dla_core=dla_core,
-        version_compatible=version_compatible or None,
-        hardware_compatible=hardware_compatible or None,
-        strongly_typed=strongly_typed,
-    )
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
-    config = BuildConfig(
-        run_dir=run_dir,
-        backend=backend,
-        precision=precision,
-        source=source,
-        options=options,
-        smoke=smoke,
-        smoke_images=smoke_images,
-        smoke_data=smoke_data,
-        progress=progress_enabled(),
-    )
+    config = config_from_params(click.get_current_context().params, progress_enabled())
     outcome = run_build(config)
     smoke_line = ""
     if outcome.smoke:
@@ -135,41 +119,6 @@ def build(
     click.echo(f"built {outcome.name} from {outcome.source} in {outcome.seconds:.1f}s{smoke_line}")
     click.echo(f"artifact: {outcome.path}")
     click.echo(
-        f"next: edgexfer verify {run_dir}   (or: edgexfer predict {run_dir} --artifact {outcome.name} IMAGE)"
+        f"next: edgexfer verify {config.run_dir}   "
+        f"(or: edgexfer predict {config.run_dir} --artifact {outcome.name} IMAGE)"
     )
-
-
-# Which CLI options each backend takes; passing one to another backend is an error, not ignored.
-_BACKEND_OPTIONS = {
-    "onnxruntime": ("threads", "level"),
-    "openvino": (),
-    "tensorrt": (
-        "min_batch",
-        "opt_batch",
-        "max_batch",
-        "workspace_mb",
-        "dla_core",
-        "version_compatible",
-        "hardware_compatible",
-        "strongly_typed",
-    ),
-    "torch": (),
-}
-_FLAG_NAMES = {"level": "--opt-level", "strongly_typed": "--strongly-typed/--weakly-typed"}
-
-
-def _backend_options(backend: str, **given: Any) -> Dict[str, Any]:
-    """The options given on the command line, checked against the backend that takes them."""
-    from edgexfer.errors import ConfigError
-
-    allowed = _BACKEND_OPTIONS.get(backend, ())
-    options = {}
-    for key, value in given.items():
-        if value is None:
-            continue
-        if key not in allowed:
-            flag = _FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
-            owners = [b for b, keys in _BACKEND_OPTIONS.items() if key in keys]
-            raise ConfigError(f"{flag} applies to --backend {'/'.join(owners)}, not {backend}; drop it")
-        options[key] = value
-    return options

@@ -62,17 +62,21 @@ def test_bench_matrix_writes_results_and_reuses_artifacts(tmp_path, cli_runner):
     }
     for (_backend, _precision, batch), row in rows.items():
         assert row["status"] == "ok", row
-        lat = row["latency"]
+        lat, e2e, host = row["latency"], row["e2e"], row["host"]
         assert lat["batch_size"] == batch and lat["n"] >= 6 and 0 < lat["p50_ms"] <= lat["p99_ms"]
-        assert row["e2e"]["n"] >= 6 and row["host"]["n"] >= 6
-        assert row["e2e_ratio"] == pytest.approx(row["e2e"]["p50_ms"] / lat["p50_ms"])
-        torch_p50 = rows[("torch", "fp32", batch)]["latency"]["p50_ms"]
-        assert row["speedup_vs_torch"] == pytest.approx(torch_p50 / lat["p50_ms"])
+        assert e2e["n"] >= 6 and host["n"] >= 6
+        # an end-to-end call is the host's decode + preprocess plus the model call: it takes longer than the
+        # host part, compared at the minimum, the sample least disturbed by other load (the model call alone
+        # is not compared: on a busy machine torch's OpenMP threads time erratically)
+        assert e2e["min_ms"] > host["min_ms"]
+        assert row["speedup_vs_torch"] > 0
+    assert rows[("torch", "fp32", 1)]["speedup_vs_torch"] == 1.0
     # The ONNX artifacts take uint8 pixels (preprocessing folded in); torch takes normalised floats.
     assert rows[("onnxruntime", "int8", 1)]["input"] == "uint8 NHWC"
     assert rows[("onnxruntime", "fp32", 1)]["input"] == "uint8 NHWC"
     assert rows[("torch", "fp32", 1)]["input"] == "float32 NCHW"
-    assert any("resnet18 batch 1: fastest INT8 is onnxruntime" in h for h in data["headlines"])
+    assert any(h.startswith("resnet18 batch 1: fastest INT8 is onnxruntime at ") for h in data["headlines"])
+    assert not any("target" in h for h in data["headlines"])  # facts, not this project's goals
     table = (tmp_path / "results" / "testbox.md").read_text()
     assert "| resnet18 | onnxruntime | int8 | uint8 NHWC | 1 |" in table
     assert (tmp_path / "results" / "testbox.png").read_bytes()[:4] == b"\x89PNG"
@@ -118,7 +122,7 @@ def test_bench_rejects_bad_options_in_one_line(tmp_path, cli_runner):
 
 
 def test_machine_slug_is_stable_and_file_safe():
-    from edgexfer.stages.bench import machine_slug
+    from edgexfer.hardware import machine_slug
 
     assert machine_slug({"cpu": "Intel(R) Xeon(R) Processor", "physical_cores": 2}) == "intel-xeon-2c"
     assert (
@@ -135,6 +139,89 @@ def test_machine_slug_is_stable_and_file_safe():
         )
         == "amd-ryzen-9-7950x-16-core-nvidia-geforce-rtx-4090-16c"
     )
+
+
+def _ok(backend, precision, batch, p50, e2e=None, model="resnet18"):
+    row = {"model": model, "backend": backend, "precision": precision, "batch": batch, "status": "ok",
+           "input": "uint8 NHWC", "latency": {"p50_ms": p50}}
+    if e2e is not None:
+        row.update(e2e={"p50_ms": e2e}, e2e_ratio=e2e / p50)
+    return row
+
+
+def test_speedups_and_headlines_state_the_measured_facts():
+    """Hand-made rows with known numbers: the speed-ups and the headline lines follow from them."""
+    from edgexfer.stages.bench.document import headlines
+    from edgexfer.stages.bench.measure import add_speedups
+
+    rows = [
+        _ok("torch", "fp32", 1, 12.0),
+        _ok("onnxruntime", "int8", 1, 3.0, e2e=4.5),
+        _ok("openvino", "int8", 1, 2.0, e2e=5.0),
+        _ok("torch", "fp32", 8, 80.0),
+        _ok("onnxruntime", "int8", 8, 40.0),
+        {"model": "resnet18", "backend": "openvino", "precision": "int8", "batch": 8, "status": "error"},
+        _ok("onnxruntime", "int8", 1, 1.0, model="mobilenet_v3_large"),  # no reference: no speed-up
+    ]
+    add_speedups(rows)
+    assert [r.get("speedup_vs_torch") for r in rows] == [1.0, 4.0, 6.0, 1.0, 2.0, None, None]
+    assert headlines(rows) == [
+        "resnet18 batch 1: fastest INT8 is openvino at 2.00 ms vs torch eager fp32 12.00 ms: 6.00x faster",
+        "resnet18 batch 1 openvino int8 (uint8 NHWC input): end to end 5.00 ms vs model alone 2.00 ms: 2.50x",
+    ]
+
+
+def test_random_models_take_the_calibration_classes_or_neutral_ones(tmp_path):
+    from conftest import make_image_folder
+    from edgexfer.bench_pipeline import NEUTRAL_CLASSES, bench_classes
+    from edgexfer.data import folder_samples
+    from edgexfer.errors import DataError
+    from edgexfer.stages.bench.config import BenchConfig
+
+    labelled = make_image_folder(tmp_path / "labelled", per_class=1)
+    assert bench_classes(BenchConfig(calibration=labelled, work_dir=tmp_path / "w")) == (
+        ("blue", "green", "red"), labelled)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (labelled / "red" / "img_000.png").rename(flat / "a.png")
+    classes, images = bench_classes(BenchConfig(calibration=flat, work_dir=tmp_path / "w"))
+    assert classes == NEUTRAL_CLASSES and images == tmp_path / "w" / "eval-photos"
+    samples = folder_samples(images, class_names=classes)  # a labelled folder the export stage can use
+    assert samples.class_names == list(NEUTRAL_CLASSES) and len(samples) == 2 * len(NEUTRAL_CLASSES)
+    with pytest.raises(DataError, match="calibration folder .*nope' does not exist"):
+        bench_classes(BenchConfig(calibration=tmp_path / "nope", work_dir=tmp_path / "w"))
+
+
+def test_uint8_int8_variant_is_checked_on_calibration_images(tmp_path, monkeypatch):
+    """The INT8 variant with uint8 input is compared with its source on real images; a variant with the
+    wrong normalisation folded in is refused."""
+    from conftest import make_image_folder
+    from edgexfer import onnxedit
+    from edgexfer.errors import ParityError
+    from edgexfer.stages.bench import variant
+
+    import onnx_factory as factory
+
+    run = factory.exported_run(tmp_path / "run", int8=True)
+    images = make_image_folder(tmp_path / "images", per_class=4, size=40)
+    name = variant.uint8_int8_variant(run, "onnx_int8_cpu", images)
+    record = Manifest.open(run).require(name)
+    checked = record.metrics["vs_float_input"]
+    assert name == "onnx_int8_cpu_uint8" and checked["images"] == 12 and checked["min_cosine"] > 0.999
+    assert record.inputs == {"onnx_int8_cpu": Manifest.open(run).get("onnx_int8_cpu").sha256}
+
+    real = onnxedit.with_uint8_input
+
+    def wrong_mean(model, preprocess, layout):
+        from dataclasses import replace
+
+        return real(model, replace(preprocess, mean=(0.0, 0.0, 0.0)), layout)
+
+    monkeypatch.setattr(onnxedit, "with_uint8_input", wrong_mean)
+    other = factory.exported_run(tmp_path / "other", int8=True)
+    with pytest.raises(ParityError, match="the uint8-input variant of 'onnx_int8_cpu' differs"):
+        variant.uint8_int8_variant(other, "onnx_int8_cpu", images)
+    assert not Manifest.open(other).has("onnx_int8_cpu_uint8")
 
 
 @pytest.mark.slow
@@ -179,10 +266,30 @@ def test_bench_a_trained_run_records_results_in_the_run(trained_run_copy, tmp_pa
 
 
 def test_busy_machine_warning_thresholds():
-    from edgexfer.stages.bench import busy_warning
+    from edgexfer.hardware import busy_warning
 
     # Idle before; at the end only the bench's own two threads: no warning.
     assert busy_warning({"usable_cpus": 2, "load_average_start": 0.3, "load_average_end": 2.4}) == []
     (line,) = busy_warning({"usable_cpus": 2, "load_average_start": 5.3, "load_average_end": 2.5})
     assert line.startswith("WARNING: the machine was busy (1-min load average 5.3 before, 2.5 after, on 2")
     assert busy_warning({"usable_cpus": 2, "load_average_start": None, "load_average_end": 3.5})
+
+
+def test_every_bench_option_reaches_the_config(tmp_path):
+    """Walk the command's click parameters: each one, changed from its default, changes the config."""
+    from edgexfer.commands.bench import bench, config_from_params
+    from edgexfer.config import to_dict
+
+    base = bench.make_context("bench", []).params
+    changes = {"model": ("resnet18,mobilenet_v3_large",), "run": str(tmp_path), "backend": ("onnxruntime",),
+               "precision": ("int8",), "batch": ("2", "4"), "size": 64, "threads": 2, "uint8_input": False,
+               "e2e": False, "min_time": 0.5, "min_iterations": 7, "work_dir": "w", "out": "o",
+               "machine_name": "box", "calibration": "c"}
+    assert set(changes) == set(base), "a bench option is missing from this walk"
+    reference = to_dict(config_from_params(base, progress=False))
+    for name, value in changes.items():
+        changed = {k for k, v in to_dict(config_from_params({**base, name: value}, progress=False)).items()
+                   if v != reference[k]}
+        assert changed, f"--{name.replace('_', '-')} does not reach BenchConfig"
+    config = config_from_params({**base, "batch": ("2,4", "8")}, progress=False)
+    assert config.batch_sizes == (2, 4, 8)

@@ -66,18 +66,41 @@ def test_missing_weights_file_is_clear(models, tmp_path):
         backend.load(result.path)
 
 
-def test_fp16_follows_the_cpu_capability(models, tmp_path):
-    import openvino
-
+def test_fp16_is_refused_without_the_cpu_capability(models, tmp_path, monkeypatch):
+    """Decided by the capabilities OpenVINO reports, so the refusal is checked on every CPU."""
+    from edgexfer.backends import openvino as backend_module
     from edgexfer.errors import ConfigError
 
+    monkeypatch.setattr(backend_module, "cpu_capabilities", lambda: ["FP32", "INT8", "BIN"])
+    with pytest.raises(ConfigError, match=r"cannot run fp16 on this CPU \(capabilities: FP32, INT8, BIN\)"):
+        get_backend("openvino").build(models["float"], "fp16", tmp_path)
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(backend_module, "cpu_capabilities", lambda: ["FP32", "FP16", "INT8"])
+    get_backend("openvino").check_precision("fp16")  # allowed where the CPU has FP16
+
+
+def test_fp16_build_halves_the_weights_and_stays_close(models, tmp_path):
+    from edgexfer.backends.openvino import cpu_capabilities
+
+    if "FP16" not in cpu_capabilities():
+        pytest.skip("this CPU has no FP16 capability for OpenVINO (the refusal is tested above)")
     backend = get_backend("openvino")
-    caps = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    if "FP16" not in caps:
-        with pytest.raises(ConfigError, match="cannot run fp16 on this CPU"):
-            backend.build(models["float"], "fp16", tmp_path)
-        return
     result = backend.build(models["float"], "fp16", tmp_path)
     assert result.path.with_suffix(".bin").stat().st_size < 0.6 * (models["float"].stat().st_size)
     with backend.load(result.path) as runner:
         np.testing.assert_allclose(runner.infer(models["batch"]), models["ort_float"], atol=5e-3)
+
+
+def test_changed_weights_file_is_refused_on_load(models, tmp_path):
+    """The sidecar's weights_sha256 is checked: the .xml with other weights would run without a word."""
+    backend = get_backend("openvino")
+    result = backend.build(models["float"], "fp32", tmp_path)
+    assert backend.artifact_files(result.path) == [
+        tmp_path / "openvino_fp32.bin", tmp_path / "openvino_fp32.json", tmp_path / "openvino_fp32.xml"
+    ]
+    weights = result.path.with_suffix(".bin")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="OpenVINO weights .* changed since 'openvino_fp32.xml' was built"):
+        backend.load(result.path)

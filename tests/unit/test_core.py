@@ -146,3 +146,62 @@ def test_manifest_accepts_paths_relative_to_cwd_or_run(tmp_path, monkeypatch):
         b = manifest.add_artifact("b", "export/model.onnx", kind="onnx", stage="export")
     assert a.path == b.path == "export/model.onnx"
     assert Manifest.open(run).is_fresh("a")
+
+
+def test_manifest_hashes_companion_files(tmp_path):
+    """An artifact made of several files (OpenVINO's .xml + .bin, a sidecar) is stale when any changes."""
+    build = tmp_path / "build"
+    build.mkdir()
+    for name, data in (("m.xml", b"graph"), ("m.bin", b"weights"), ("m.json", b"{}")):
+        (build / name).write_bytes(data)
+    with Manifest.update(tmp_path, create=True) as manifest:
+        record = manifest.add_artifact("ir", build / "m.xml", kind="openvino-ir", stage="build",
+                                       companions=[build / "m.bin", "build/m.json"])
+        manifest.add_artifact("plain", build / "m.json", kind="report", stage="build")
+    assert record.companions == {"build/m.bin": sha256_file(build / "m.bin"),
+                                 "build/m.json": sha256_file(build / "m.json")}
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert "companions" not in data["artifacts"]["plain"]  # single-file records look as before
+    assert Manifest.open(tmp_path).audit() == []
+    (build / "m.bin").write_bytes(b"other weights")
+    with pytest.raises(StaleArtifactError, match=r"'ir' \(.*m\.bin\) changed since the 'build' stage"):
+        Manifest.open(tmp_path).require("ir")
+    (build / "m.bin").unlink()
+    with pytest.raises(ArtifactError, match="recorded with .*m.bin, which is missing"):
+        Manifest.open(tmp_path).require("ir")
+
+
+def test_tool_versions_come_from_one_library_list():
+    from importlib import metadata
+
+    from edgexfer import __version__
+    from edgexfer.provenance import LIBRARIES, library_versions, tool_versions
+
+    everything = library_versions(include_missing=True)
+    assert list(everything) == list(LIBRARIES)
+    assert everything["numpy"] == metadata.version("numpy") and everything["onnx"] == metadata.version("onnx")
+    recorded = tool_versions()
+    assert recorded["edgexfer"] == __version__ and recorded["numpy"] == everything["numpy"]
+    # the manifest records installed libraries only; absent ones are left out, not ''
+    assert set(recorded) - {"python", "edgexfer"} == {k for k, v in everything.items() if v}
+
+
+def test_measure_interleaved_times_round_robin_and_isolates_a_failure():
+    from edgexfer.timing import TimingConfig, measure_interleaved
+
+    order = []
+
+    def call(name):
+        def run():
+            order.append(name)
+            if name == "bad" and order.count("bad") == 2:
+                raise RuntimeError("broken runtime")
+        return run
+
+    config = TimingConfig(warmup=0, warmup_time_s=0.0, min_iterations=2, max_iterations=2, min_time_s=0.0)
+    samples, errors = measure_interleaved({"a": call("a"), "bad": call("bad"), "b": call("b")}, 3,
+                                          lambda index: config)
+    # each round times every call twice, in order; the failing one is dropped after its error
+    assert order == ["a", "a", "bad", "bad", "b", "b"] + ["a", "a", "b", "b"] * 2
+    assert set(samples) == {"a", "b"} and all(len(s) == 6 for s in samples.values())
+    assert list(errors) == ["bad"] and str(errors["bad"]) == "broken runtime"

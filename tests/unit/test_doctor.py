@@ -113,6 +113,9 @@ def test_doctor_json_names_every_backend_with_a_reason(cli_runner):
     for backend in backends.values():
         assert backend["detail"]  # usable ones say what they are, the others why not
     assert report["libraries"]["onnxruntime"] and report["cpu"]["physical_cores"] >= 1
+    from edgexfer.provenance import LIBRARIES
+
+    assert list(report["libraries"]) == list(LIBRARIES)  # the same list the manifest records
     assert report["libraries"]["torch"] == __import__("torch").__version__.split("+")[0]
 
 

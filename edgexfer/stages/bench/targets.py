@@ -1,0 +1,63 @@
+"""What a run directory offers the bench: its float reference (the checkpoint) and its recorded builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+from edgexfer.errors import ConfigError
+from edgexfer.stages.bench.config import BenchConfig, BenchPlan, BenchTarget
+
+
+def reference_target(run_dir: Path, model: str = "") -> BenchTarget:
+    """The float reference of a run: its checkpoint, run by the reference backend."""
+    from edgexfer.backends.base import REFERENCE_BACKEND
+    from edgexfer.checkpoint import meta_from_payload, read_checkpoint_file
+    from edgexfer.manifest import Manifest
+
+    manifest = Manifest.open(run_dir)
+    manifest.require("checkpoint")
+    path = manifest.path_of("checkpoint")
+    meta = meta_from_payload(read_checkpoint_file(path), str(path))
+    return BenchTarget(
+        model=model or meta.arch,
+        backend=REFERENCE_BACKEND,
+        precision="fp32",
+        path=path,
+        preprocess=meta.preprocess,
+        artifact="checkpoint",
+    )
+
+
+def build_target(run_dir: Path, name: str, reference: BenchTarget) -> BenchTarget:
+    """The recorded build ``name`` of a run (checked fresh), timed with the reference's preprocessing."""
+    from edgexfer.backends.base import artifact_target
+    from edgexfer.manifest import Manifest
+
+    manifest = Manifest.open(run_dir)
+    manifest.require(name)
+    backend, precision = artifact_target(name, manifest.get(name))
+    return BenchTarget(model=reference.model, backend=backend, precision=precision,
+                       path=manifest.path_of(name), preprocess=reference.preprocess, artifact=name)
+
+
+def run_plan(run_dir: Path, backends: List[str], config: BenchConfig) -> BenchPlan:
+    """The reference and every built artifact of an existing run, for the chosen backends and precisions."""
+    from edgexfer.backends.base import REFERENCE_BACKEND, artifact_target
+    from edgexfer.manifest import Manifest
+
+    reference = reference_target(run_dir)
+    manifest = Manifest.open(run_dir)
+    targets = [reference] if REFERENCE_BACKEND in backends else []
+    for name, record in sorted(manifest.artifacts.items()):
+        if record.stage != "build":
+            continue
+        backend, precision = artifact_target(name, record)
+        if backend in backends and precision in config.precisions:
+            targets.append(build_target(run_dir, name, reference))
+    if len(targets) <= 1:
+        raise ConfigError(
+            f"run '{run_dir}' has no built artifacts to bench; build one first, e.g. "
+            f"'edgexfer build {run_dir} --backend onnxruntime --precision int8'"
+        )
+    return BenchPlan(targets)
