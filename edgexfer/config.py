@@ -7,6 +7,7 @@ wrong type, or a bad value -- never a silent rewrite of the user's option.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import os
@@ -74,8 +75,7 @@ def from_dict(cls: Type[T], data: Mapping[str, Any], where: str) -> T:
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
     """Check ``value`` against a type hint; convert only lossless cases (int -> float, list -> tuple)."""
-    origin = typing.get_origin(hint) if hasattr(typing, "get_origin") else getattr(hint, "__origin__", None)
-    args = typing.get_args(hint) if hasattr(typing, "get_args") else getattr(hint, "__args__", ())
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
     if origin is typing.Union:
@@ -88,16 +88,15 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if origin in (list, tuple, typing.List, typing.Tuple, typing.Sequence):
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {type(value).__name__} {value!r}")
-        item = args[0] if args else Any
-        items = [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin in (tuple, typing.Tuple) else items
-    if origin in (dict, typing.Dict, typing.Mapping):
+    # typing.Sequence[...] / Mapping[...] have collections.abc origins; list/List, dict/Dict the builtins
+    if origin in (list, tuple, collections.abc.Sequence):
+        return _coerce_sequence(value, origin, args, where)
+    if origin in (dict, collections.abc.Mapping):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
-        return dict(value)
+        key_hint, value_hint = args if args else (Any, Any)
+        return {coerce(k, key_hint, f"{where} key {k!r}"): coerce(v, value_hint, f"{where}.{k}")
+                for k, v in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
@@ -121,6 +120,21 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
         return from_dict(hint, value, where)
     return value
+
+
+def _coerce_sequence(value: Any, origin: Any, args: tuple, where: str) -> Any:
+    """A list/tuple/Sequence hint: each item checked; Tuple[X, ...], Tuple[X, Y] and Sequence[X] give
+    tuples (a config is frozen), List[X] a list."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where} must be a list, got {type(value).__name__} {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must have {len(args)} items, got {len(value)}")
+        hints = list(args)
+    else:
+        hints = [args[0] if args else Any] * len(value)
+    items = [coerce(v, h, f"{where}[{i}]") for i, (v, h) in enumerate(zip(value, hints))]
+    return items if origin is list else tuple(items)
 
 
 def to_dict(config: Any) -> Dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
 from hypothesis import given
@@ -58,6 +58,37 @@ def test_any_mapping_either_builds_or_raises_config_error(data):
     except ConfigError:
         return
     assert isinstance(config, Sample) and set(data) <= {"size", "lr", "out", "batches", "names", "strict"}
+
+
+@dataclass(frozen=True)
+class Abstract:
+    """Hints through typing's abstract aliases (their origins are collections.abc classes)."""
+
+    seq: Sequence[int] = ()
+    table: Mapping[str, float] = None
+    pair: Tuple[int, str] = (0, "")
+    counts: Dict[str, int] = None
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"seq": [1, "x"]}, r"stage.seq\[1\] must be an integer, got 'x'"),
+    ({"seq": "123"}, "stage.seq must be a list"),
+    ({"table": [1.0]}, "stage.table must be a mapping"),
+    ({"table": {"a": "fast"}}, "stage.table.a must be a number, got 'fast'"),
+    ({"counts": {1: 2}}, "stage.counts key 1 must be a string"),
+    ({"pair": [1]}, "stage.pair must have 2 items, got 1"),
+    ({"pair": [1, 2]}, r"stage.pair\[1\] must be a string"),
+])
+def test_abstract_and_fixed_length_hints_are_checked(data, message):
+    """typing.Sequence/Mapping items and fixed-length tuples are checked like List/Dict (they were not)."""
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Abstract, data, "stage")
+
+
+def test_abstract_hints_convert_losslessly():
+    config = from_dict(Abstract, {"seq": [1, 2], "table": {"a": 1}, "pair": [3, "b"], "counts": {"x": 4}}, "s")
+    assert config == Abstract(seq=(1, 2), table={"a": 1.0}, pair=(3, "b"), counts={"x": 4})
+    assert isinstance(config.table["a"], float)
 
 
 def test_load_yaml_errors(tmp_path):
