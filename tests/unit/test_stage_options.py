@@ -29,15 +29,17 @@ VALUES: Dict[str, Dict[str, Any]] = {
     "verify": {"backends": ["openvino"], "artifact": ["onnxruntime_int8"], "min_agreement": 95.0},
     "bench": {"model": ["resnet18"], "backend": ["onnxruntime"], "precision": ["int8"], "batch": ["4"]},
 }
-# What the rest of the step needs for the option to be valid (e.g. TensorRT options need that backend).
-TENSORRT_ONLY = {"min_batch", "opt_batch", "max_batch", "workspace_mb", "dla_core", "version_compatible",
-                 "hardware_compatible", "strongly_typed"}
 
 
 def _base(stage: str, key: str) -> Dict[str, Any]:
-    if stage == "build":
-        return {"backend": "tensorrt" if key in TENSORRT_ONLY else "onnxruntime"}
-    return {}
+    """What the rest of the step needs for the option to be valid: a build option needs a backend that
+    declares it (TensorRT's for --max-batch), as the backends declare them."""
+    if stage != "build":
+        return {}
+    from edgexfer.backends.base import all_build_options
+
+    declared = all_build_options().get(key)
+    return {"backend": declared[1][0] if declared else "onnxruntime"}
 
 
 def _value(stage: str, key: str, param: click.Option, folder: Path) -> Any:
