@@ -56,7 +56,8 @@ def _finish(result: Any, text: str, started: float) -> None:
 @click.command("run")
 @click.argument("pipeline_file", type=click.Path(path_type=Path))
 @click.option("--force", "force", multiple=True, metavar="STAGE",
-              help="Re-run this stage (finetune, export, build, verify, bench, or all) even if unchanged.")
+              help="Re-run this stage (finetune, export, build, verify, bench, or all) or step "
+                   "(build:onnxruntime_int8) even if unchanged.")
 @click.option("--dry-run", is_flag=True, help="Only say which stages would run and why.")
 @click.pass_context
 def run(ctx: click.Context, pipeline_file: Path, force: Tuple[str, ...], dry_run: bool) -> None:
