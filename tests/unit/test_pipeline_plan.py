@@ -28,7 +28,7 @@ def finetune_cmd(**params):
 @click.command("build")
 @click.argument("run_dir")
 @click.option("--backend", default="onnxruntime")
-@click.option("--precision", default="fp32")
+@click.option("--precision", default="fp16")  # not the fp32 the pipeline once assumed for a key
 def build_cmd(**params):
     """Stands in for edgexfer build."""
 
@@ -112,11 +112,11 @@ def steps(result) -> list:
 def test_plan_run_skip_and_rerun_downstream(tmp_path, no_tensorrt):
     dry = pl.run_pipeline(doc(tmp_path), STAGES, dry_run=True, progress=False)
     new, absent = "new run directory", "backend not available here: tensorrt does not import"
-    # build keys come from each step's config: the first entry gets BuildConfig's backend/precision
+    # build keys come from each step's config: the first entry gets the command's default precision
     assert steps(dry) == [("source", "finetune", "run", new), ("target", "finetune", "run", new),
-                          ("target", "build:onnxruntime_fp32", "run", new),
+                          ("target", "build:onnxruntime_fp16", "run", new),
                           ("target", "build:onnxruntime_int8", "run", new),
-                          ("target", "build:tensorrt_fp32", "skip", absent)]
+                          ("target", "build:tensorrt_fp16", "skip", absent)]
     assert not (tmp_path / "source").exists()
 
     first = pl.run_pipeline(doc(tmp_path), STAGES, progress=False)
@@ -142,7 +142,7 @@ def test_plan_run_skip_and_rerun_downstream(tmp_path, no_tensorrt):
     fourth = pl.run_pipeline(doc(tmp_path), STAGES, progress=False)
     assert [s.why for s in fourth.steps][2:4] == [pl.UNCHANGED, "artifact onnxruntime_int8 is missing or changed"]
 
-    forced = pl.run_pipeline(doc(tmp_path), STAGES, dry_run=True, force=["build:onnxruntime_fp32"])
+    forced = pl.run_pipeline(doc(tmp_path), STAGES, dry_run=True, force=["build:onnxruntime_fp16"])
     assert [s.why for s in forced.steps][:4] == [pl.UNCHANGED, pl.UNCHANGED, "forced", pl.UNCHANGED]
 
 
@@ -167,7 +167,7 @@ def test_skip_counts_come_from_each_steps_reason(tmp_path, capsys):
     ({"finetune": {"out": "elsewhere"}}, "'out' is set by the pipeline"),
     ({"finetune": {"weights": "@target"}}, "weights '@target' names no run listed before it"),
     ({"finetune": {"when_available": True}}, "when_available applies to build steps only"),
-    ({"build": [{}, {"backend": "onnxruntime"}]}, "two build steps that make build:onnxruntime_fp32"),
+    ({"build": [{}, {"backend": "onnxruntime"}]}, "two build steps that make build:onnxruntime_fp16"),
     ({"build": [{"precision": "int8", "when_available": "yes"}]}, "when_available must be true or false"),
     ({"build": ["onnxruntime"]}, "stage 'build' options must be a mapping, got str"),
 ])
