@@ -110,9 +110,11 @@ def one_line(message: str) -> str:
 
 def main(argv: Optional[List[str]] = None) -> Any:
     """Console-script entry point: EdgexferError -> one line on stderr and its exit code."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    # The group callback stores its parsed options here, so --debug is the option itself, never an
+    # option's value or a positional argument that happens to read "--debug".
+    state: Dict[str, Any] = {}
     try:
-        return cli.main(args=argv, prog_name="edgexfer", standalone_mode=False)
+        return cli.main(args=argv, prog_name="edgexfer", standalone_mode=False, obj=state)
     except click.exceptions.Abort:
         click.echo("edgexfer: interrupted; artifacts written before the interruption are intact", err=True)
         sys.exit(130)
@@ -122,15 +124,13 @@ def main(argv: Optional[List[str]] = None) -> Any:
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
     except EdgexferError as exc:
-        if debug:
+        if state.get("debug"):
             raise
         click.echo(f"edgexfer: error: {one_line(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - the last line of defence for the user
-        if debug:
+        if state.get("debug"):
             raise
         reason = one_line(str(exc))
         click.echo(f"edgexfer: internal error: {type(exc).__name__}: {reason} (rerun with --debug for the "

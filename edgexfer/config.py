@@ -1,8 +1,10 @@
-"""Config plumbing shared by every stage: YAML loading and strict dict -> frozen dataclass conversion.
+"""Config plumbing shared by the stages and the pipeline: YAML loading, unknown-key checks with the
+closest valid key, and configs as plain dicts.
 
-Each stage owns its frozen config dataclass (validated in ``__post_init__``); this module turns
-user-written mappings into them with one clear line for an unknown key (with the closest valid one), a
-wrong type, or a bad value -- never a silent rewrite of the user's option.
+Each stage owns its frozen config dataclass (validated in ``__post_init__``). A pipeline step's mapping
+reaches it through the stage command's own click options (:mod:`edgexfer.cliparams`) and the command's
+``config_from_params``, so the CLI's types and choices are the only ones; a bad key or value is one clear
+line, never a silent rewrite of the user's option.
 """
 
 from __future__ import annotations
@@ -10,14 +12,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import sys
 import typing
 from pathlib import Path
-from typing import Any, Dict, Mapping, Type, TypeVar
+from typing import Any, Dict, Mapping
 
 from edgexfer.errors import ConfigError
-
-T = TypeVar("T")
 
 
 def load_yaml(path: "os.PathLike[str] | str") -> Dict[str, Any]:
@@ -52,75 +51,6 @@ def check_keys(data: Mapping[str, Any], valid: typing.Iterable[str], where: str)
             close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
             hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(valid))}"
             raise ConfigError(f"unknown key '{key}' in {where}; {hint}")
-
-
-def from_dict(cls: Type[T], data: Mapping[str, Any], where: str) -> T:
-    """Build dataclass ``cls`` from ``data``: unknown keys, wrong types and bad values are ConfigErrors."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where} must be a mapping of options, not {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    check_keys(data, fields, where)
-    hints = typing.get_type_hints(cls, globalns=vars(sys.modules[cls.__module__]))
-    values = {}
-    for key, value in data.items():
-        values[key] = coerce(value, hints.get(key, Any), f"{where}.{key}")
-    try:
-        return cls(**values)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-
-
-def coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against a type hint; convert only lossless cases (int -> float, list -> tuple)."""
-    origin = typing.get_origin(hint) if hasattr(typing, "get_origin") else getattr(hint, "__origin__", None)
-    args = typing.get_args(hint) if hasattr(typing, "get_args") else getattr(hint, "__args__", ())
-    if hint is Any:
-        return value
-    if origin is typing.Union:
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return coerce(value, option, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if origin in (list, tuple, typing.List, typing.Tuple, typing.Sequence):
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {type(value).__name__} {value!r}")
-        item = args[0] if args else Any
-        items = [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin in (tuple, typing.Tuple) else items
-    if origin in (dict, typing.Dict, typing.Mapping):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {type(value).__name__} {value!r}")
-        return value
-    if hint in (Path, os.PathLike) or (isinstance(hint, type) and issubclass(hint, Path)):
-        if not isinstance(value, (str, Path)):
-            raise ConfigError(f"{where} must be a path string, got {value!r}")
-        return Path(value)
-    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-        return from_dict(hint, value, where)
-    return value
 
 
 def to_dict(config: Any) -> Dict[str, Any]:

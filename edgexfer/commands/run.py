@@ -4,9 +4,32 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Tuple
 
 import click
+
+if TYPE_CHECKING:
+    from edgexfer.pipeline import StageSpec
+
+
+def pipeline_stages() -> Dict[str, "StageSpec"]:
+    """The stages a pipeline runs, in order, each with the command whose options are its step's keys
+    (the pipeline itself imports no command: commands -> pipeline -> stages)."""
+    from edgexfer.commands import bench, build, export, finetune, verify
+    from edgexfer.pipeline import StageSpec
+    from edgexfer.bench_pipeline import run_bench
+    from edgexfer.stages.build import run_build
+    from edgexfer.stages.export import run_export
+    from edgexfer.stages.finetune import run_finetune
+    from edgexfer.stages.verify import run_verify
+
+    return {
+        "finetune": StageSpec(finetune.finetune, finetune.config_from_params, run_finetune, "out"),
+        "export": StageSpec(export.export, export.config_from_params, run_export, "run_dir"),
+        "build": StageSpec(build.build, build.config_from_params, run_build, "run_dir"),
+        "verify": StageSpec(verify.verify, verify.config_from_params, run_verify, "run_dir"),
+        "bench": StageSpec(bench.bench, bench.config_from_params, run_bench, "run"),
+    }
 
 
 def _step_printer(dry_run: bool) -> Any:
@@ -15,72 +38,48 @@ def _step_printer(dry_run: bool) -> Any:
             verb = "would run" if step.action == "run" else "would skip"
         else:
             verb = "running" if step.action == "run" else "skipping"
-        click.echo(f"[{step.run}] {verb} {step.key} ({step.reason})", err=True)
+        click.echo(f"[{step.run}] {verb} {step.key} ({step.why})", err=True)
 
     return show
 
 
-def _finish(result: Any, started: float, transfer: Optional[str] = None, baseline: Optional[str] = None,
-            dry_run: bool = False) -> None:
-    from edgexfer.fsutil import atomic_write_text
-    from edgexfer.summary import summary_markdown
-
-    if dry_run:
-        click.echo(f"dry run: {sum(s.action == 'run' for s in result.steps)} of {len(result.steps)} steps "
-                   "would run")
-        return
-    text = summary_markdown(result.runs, transfer=transfer, baseline=baseline)
-    summary_path = result.out / "summary.md"
-    atomic_write_text(summary_path, text)
+def _finish(result: Any, text: str, started: float) -> None:
+    """The summary, then one line counting the steps that ran and the skipped ones per reason."""
     ran = sum(s.action == "run" for s in result.steps)
-    unchanged = sum(s.action == "skip" and s.reason == "inputs unchanged" for s in result.steps)
-    unavailable = len(result.steps) - ran - unchanged
+    skipped = ", ".join(f"{n} skipped ({reason})" for reason, n in result.skip_counts().items())
     click.echo("")
     click.echo(text)
-    click.echo(f"pipeline done in {time.perf_counter() - started:.0f} s: {ran} steps ran, {unchanged} skipped "
-               f"(inputs unchanged), {unavailable} skipped (backend not available here)")
-    click.echo(f"outputs: {result.out} (summary: {summary_path}; per run: manifest.json, verify/report.md)")
+    click.echo(f"pipeline done in {time.perf_counter() - started:.0f} s: {ran} steps ran, {skipped}")
+    click.echo(f"outputs: {result.out} (summary: {result.summary_path}; per run: manifest.json, verify/report.md)")
 
 
 @click.command("run")
 @click.argument("pipeline_file", type=click.Path(path_type=Path))
 @click.option("--force", "force", multiple=True, metavar="STAGE",
-              help="Re-run this stage (finetune, export, build, verify, bench, or all) even if unchanged.")
+              help="Re-run this stage (finetune, export, build, verify, bench, or all) or step "
+                   "(build:onnxruntime_int8) even if unchanged.")
 @click.option("--dry-run", is_flag=True, help="Only say which stages would run and why.")
 @click.pass_context
 def run(ctx: click.Context, pipeline_file: Path, force: Tuple[str, ...], dry_run: bool) -> None:
     """Run the pipeline in PIPELINE_FILE (YAML), skipping stages whose inputs did not change.
 
-    See examples/pipeline.yaml for every stage's options.
+    A stage's options are its command's long options with underscores (edgexfer STAGE --help); see
+    examples/pipeline.yaml.
     """
-    from edgexfer.pipeline import run_pipeline_file
+    from edgexfer.config import load_yaml
+    from edgexfer.pipeline import run_pipeline, write_summary
 
     started = time.perf_counter()
     quiet = bool(ctx.find_root().obj.get("quiet"))
-    result = run_pipeline_file(pipeline_file, force=force, dry_run=dry_run, progress=not quiet,
-                               on_step=_step_printer(dry_run))
-    _finish(result, started, dry_run=dry_run)
-
-
-def demo_pipeline(out: Path, quick: bool = False) -> dict:
-    """The built-in demo config (edgexfer/assets/demo.yaml) with ``out`` and calibration resolved."""
-    import edgexfer
-    from edgexfer.config import load_yaml
-
-    data = load_yaml(Path(edgexfer.__file__).parent / "assets" / "demo.yaml")
-    data["out"] = str(out)
-    calib = Path(edgexfer.__file__).resolve().parent.parent / "calibration" / "fashion-mnist"
-    target = data["runs"]["target"]
-    if calib.is_dir():
-        target["export"]["calib"] = str(calib)
-    else:  # an installed (non-checkout) edgexfer: calibrate on the run's own training split
-        target["export"].pop("calib", None)
-    if quick:
-        for run_cfg in data["runs"].values():
-            run_cfg["finetune"].update(epochs=1, max_per_class=60)
-        target["export"]["calib_size"] = 64
-        target["export"]["eval_size"] = 100
-    return data
+    data = load_yaml(pipeline_file)  # a missing or broken file is reported before the stages are loaded
+    # relative paths inside the file are relative to the current directory
+    result = run_pipeline(data, pipeline_stages(), base_dir=Path("."), force=force, dry_run=dry_run,
+                          progress=not quiet, on_step=_step_printer(dry_run))
+    if dry_run:
+        click.echo(f"dry run: {sum(s.action == 'run' for s in result.steps)} of {len(result.steps)} steps "
+                   "would run")
+        return
+    _finish(result, write_summary(result), started)
 
 
 @click.command("demo")
@@ -93,10 +92,10 @@ def demo(ctx: click.Context, out: Path, quick: bool, force: Tuple[str, ...]) -> 
     """The offline demo: pretrain a source model on Fashion-MNIST classes 0-4 (standing in for ImageNet),
     transfer it to classes 5-9, export, quantize for CPU and TensorRT, build, then verify accuracy and latency.
     """
-    from edgexfer.pipeline import run_pipeline
+    from edgexfer.pipeline import DEMO_BASELINE, DEMO_TRANSFER, demo_pipeline, run_pipeline, write_summary
 
     started = time.perf_counter()
     quiet = bool(ctx.find_root().obj.get("quiet"))
-    result = run_pipeline(demo_pipeline(out, quick), base_dir=Path("."), force=force, progress=not quiet,
-                          on_step=_step_printer(False))
-    _finish(result, started, transfer="target", baseline="scratch")
+    result = run_pipeline(demo_pipeline(out, quick), pipeline_stages(), base_dir=Path("."), force=force,
+                          progress=not quiet, on_step=_step_printer(False))
+    _finish(result, write_summary(result, transfer=DEMO_TRANSFER, baseline=DEMO_BASELINE), started)
