@@ -22,7 +22,6 @@ LIBRARIES = (
     "onnx",
     "onnxruntime",
     "onnxruntime-gpu",
-    "onnxscript",
     "openvino",
     "tensorrt",
     "polygraphy",

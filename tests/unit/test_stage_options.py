@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import click
-import pytest
 
 from edgexfer.cliparams import option_keys
 from edgexfer.config import to_dict

@@ -10,6 +10,7 @@ with the float model (uint8 variant) on real validation images before it is move
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -83,6 +84,8 @@ def export_float(model: Any, meta: Any, path: Path, opset: int) -> Any:
     size = meta.preprocess.size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice; the choice is deliberate
+        # torch < 2.5 has no ``dynamo`` keyword and only the TorchScript exporter; newer ones default to dynamo
+        legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
         try:
             torch.onnx.export(
                 model,
@@ -93,7 +96,7 @@ def export_float(model: Any, meta: Any, path: Path, opset: int) -> Any:
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                 opset_version=opset,
                 do_constant_folding=True,
-                dynamo=False,
+                **legacy,
             )
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
