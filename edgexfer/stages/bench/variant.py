@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +39,6 @@ def uint8_int8_variant(run_dir: Path, source: str, calibration: Path) -> str:
     source_path = manifest.path_of(source)
     preprocess = read_metadata(source_path).preprocess
     model = onnx.load(os.fspath(source_path))
-    model = _free_names(model, _UINT8_NAMES)  # delete this line with _free_names (see below)
     model = with_uint8_input(model, preprocess, "NHWC")
     _set_input_format(model, "uint8_nhwc")
     pixels = _calibration_pixels(calibration, preprocess)
@@ -62,7 +61,7 @@ def uint8_int8_variant(run_dir: Path, source: str, calibration: Path) -> str:
 
 def _calibration_pixels(calibration: Path, preprocess: Any) -> np.ndarray:
     """uint8 NCHW pixels of up to VARIANT_CHECK_IMAGES real images spread over the calibration folder."""
-    from edgexfer.calibration import image_files
+    from edgexfer.quant.calibration import image_files
     from edgexfer.preprocess import load_image
 
     files = image_files(calibration)
@@ -89,25 +88,3 @@ def _set_input_format(model: Any, input_format: str) -> None:
         prop = model.metadata_props.add()
         prop.key, prop.value = key, value
 
-
-# ---- name collisions: delete with its one call above once onnxedit.with_uint8_input builds the
-# preprocessing with onnx.compose and prefixes its names ---------------------------------------------
-# Tensor names with_uint8_input adds; a QDQ model may already use them (the input's quantization scale is
-# called ``input_scale``), so those are renamed first.
-_UINT8_NAMES = ("input_scale", "input_shift", "input_float", "input_scaled", "input_normalized", "input_nchw")
-
-
-def _free_names(model: Any, names: Tuple[str, ...]) -> Any:
-    """Rename every tensor of ``model`` called one of ``names`` to ``<name>_orig`` (in place)."""
-    graph = model.graph
-    rename = {n: f"{n}_orig" for n in names}
-    for tensor in graph.initializer:
-        tensor.name = rename.get(tensor.name, tensor.name)
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            node.input[i] = rename.get(name, name)
-        for i, name in enumerate(node.output):
-            node.output[i] = rename.get(name, name)
-    for info in graph.value_info:
-        info.name = rename.get(info.name, info.name)
-    return model
