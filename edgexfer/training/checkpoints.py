@@ -31,6 +31,7 @@ class RunCheckpoints:
         self.best = self.folder / "best.pt"
         self.last = self.folder / "last.pt"
         self.metrics = self.folder / "metrics.json"
+        self.saved_epochs = 0  # epochs whose last.pt is on disk (set after each save and on resume)
         self.meta = meta
         self.resume_key = resume_key
         self.fixed_summary = dict(summary)
@@ -60,7 +61,16 @@ class RunCheckpoints:
             rng=rng_state(trainer.runtime.device),
         )
         save_checkpoint(self.last, state, self._meta(epoch, row, train_state))
+        self.saved_epochs = len(trainer.state.history)
         write_metrics(self.metrics, self.summary(trainer.state), trainer.state.history)
+
+    def settle(self, state: TrainState) -> bool:
+        """After an interrupt: make ``metrics.json`` match ``last.pt`` (Ctrl-C may fall between the two
+        writes, or before the first epoch's files); False when no epoch was saved, so nothing is recorded."""
+        if not (self.saved_epochs and self.best.exists() and self.last.exists()):
+            return False
+        write_metrics(self.metrics, self.summary(state), state.history[: self.saved_epochs])
+        return True
 
     def resume(self, trainer: Trainer) -> None:
         """Load model, optimizer, schedule, scaler, generators and history from ``last.pt`` into ``trainer``."""
@@ -79,6 +89,7 @@ class RunCheckpoints:
         # a last.pt written before numpy/Python/CUDA generators were saved holds only "rng_torch"
         restore_rng_state(extra.get("rng") or {"torch": extra["rng_torch"]}, trainer.runtime.device)
         trainer.state = TrainState.from_dict(extra)
+        self.saved_epochs = len(trainer.state.history)
         trainer.start_epoch = int(payload["epoch"]) + 1
         if trainer.runtime.is_main:
             log.info(

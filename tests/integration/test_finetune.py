@@ -133,6 +133,43 @@ def test_ctrl_c_keeps_checkpoints_and_resume_reproduces_the_uninterrupted_run(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("window", ["before_first_best", "between_last_and_metrics"])
+def test_ctrl_c_inside_an_epochs_writes_records_what_is_on_disk(split_image_folder, tmp_path, monkeypatch, window):
+    """Ctrl-C between last.pt and metrics.json (epoch 2) records the two saved epochs with a metrics.json
+    that says so; Ctrl-C before the first best.pt records nothing (was: exit 2, 'cannot record artifact')."""
+    from edgexfer.training import checkpoints as module
+
+    options = dict(data=str(split_image_folder), epochs=3, strategy="full", seed=7, **TINY)
+    calls = {"metrics": 0}
+    real_write, real_save = module.write_metrics, module.save_checkpoint
+
+    def write_then_maybe_interrupt(path, summary, history):
+        calls["metrics"] += 1
+        if window == "between_last_and_metrics" and calls["metrics"] == 2:
+            raise KeyboardInterrupt  # epoch 2's last.pt is written, its metrics.json is not
+        real_write(path, summary, history)
+
+    def save_or_interrupt(path, *args, **kwargs):
+        if window == "before_first_best":
+            raise KeyboardInterrupt
+        real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, "write_metrics", write_then_maybe_interrupt)
+    monkeypatch.setattr(module, "save_checkpoint", save_or_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(FinetuneConfig(out=tmp_path / "run", **options))
+    if window == "before_first_best":
+        assert not (tmp_path / "run" / "manifest.json").exists()
+        return
+    manifest = Manifest.open(tmp_path / "run")
+    assert manifest.stage("finetune")["status"] == "interrupted"
+    assert manifest.is_fresh("finetune_metrics") and manifest.is_fresh("checkpoint_last")
+    metrics = json.loads((tmp_path / "run" / "finetune" / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    assert read_checkpoint_file(tmp_path / "run" / "finetune" / "last.pt")["epoch"] == 2
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
 def test_resume_replays_numpy_and_python_random_augmentation(
     split_image_folder, tmp_path, monkeypatch, workers

@@ -53,7 +53,9 @@ class FinetuneRun:
         try:
             trainer.fit(config.patience, checkpoints.save)
         except KeyboardInterrupt:
-            if self.runtime.is_main and trainer.state.history:
+            # record what is on disk: the epochs last.pt holds (Ctrl-C can fall inside an epoch's writes)
+            if self.runtime.is_main and checkpoints.settle(trainer.state):
+                del trainer.state.history[checkpoints.saved_epochs :]
                 self._record(prepared, checkpoints, trainer.state, "interrupted")
             raise
         return self._record(prepared, checkpoints, trainer.state, "done")
