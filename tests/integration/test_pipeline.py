@@ -22,7 +22,7 @@ def run(pipeline: dict, **kwargs):
 
 
 def _pipeline(data_dir: Path, out: Path, opset: int = 17) -> dict:
-    # keys are the commands' long options: workers (--workers), bootstrap (--bootstrap), no_plots
+    # keys are the commands' long options: workers (--workers), bootstrap (--bootstrap), plots (--plots/--no-plots)
     common = {"model": "resnet18", "data": str(data_dir), "size": 32, "epochs": 1, "batch_size": 16,
               "strategy": "full", "seed": 0, "workers": 0}
     return {
@@ -33,7 +33,7 @@ def _pipeline(data_dir: Path, out: Path, opset: int = 17) -> dict:
                 "finetune": {**common, "weights": "@source"},
                 "export": {"opset": opset, "eval_size": 16, "no_shared_cache": True},
                 "build": [{"backend": "onnxruntime", "precision": "fp32"}],
-                "verify": {"latency": False, "bootstrap": 200, "no_plots": True},
+                "verify": {"latency": False, "bootstrap": 200, "plots": False},
             },
         },
     }
