@@ -368,19 +368,19 @@ def test_verify_data_folder_is_scanned_once(built_run, tmp_path, monkeypatch):
     # folder_samples decodes every image to check it; --data must not do that twice.
     from conftest import make_image_folder
 
-    import edgexfer.data
+    import edgexfer.data.sources
     from edgexfer.stages.verify import VerifyConfig, run_verify
 
     data = make_image_folder(tmp_path / "data", per_class=4, size=40, seed=5,
                              classes={"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 200)})
     checked = []
-    real = edgexfer.data._check_image
+    real = edgexfer.data.sources._check_image
 
     def counting(path):
         checked.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(edgexfer.data, "_check_image", counting)
+    monkeypatch.setattr(edgexfer.data.sources, "_check_image", counting)
     result = run_verify(VerifyConfig(run_dir=built_run, data=data, artifacts=("onnxruntime_fp32",), latency=False,
                                      plots=False, bootstrap_resamples=300, progress=False))
     assert len(checked) == 12
