@@ -146,8 +146,8 @@ class Backend(abc.ABC):
     # ``export --target`` that makes it.
     int8_source: str = "onnx_int8_cpu"
     int8_target: str = "cpu"
-    # Whether export scores this target's INT8 candidates on this backend (:meth:`int8_judge`) when it
-    # is usable, instead of ONNX Runtime (edgexfer/backends/int8_judge.py).
+    # Whether export scores this target's INT8 candidates on this backend when it is usable, instead of
+    # ONNX Runtime; such a backend defines ``int8_judge(home) -> Int8Judge`` (backends/int8_judge.py).
     judges_int8: bool = False
     # File suffixes of the artifacts this backend loads (``predict FILE`` picks the backend by them).
     suffixes: Tuple[str, ...] = ()
@@ -198,13 +198,6 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load(self, artifact_path: Path, options: Optional[Dict[str, Any]] = None) -> Runner:
         """Load a built artifact into a runner (not yet activated)."""
-
-    def int8_judge(self, home: Path) -> Any:
-        """An :class:`~edgexfer.backends.int8_judge.Int8Judge` that scores INT8 candidates as this
-        backend's int8 build runs them (backends with :attr:`judges_int8`); ONNX Runtime by default."""
-        from edgexfer.backends.int8_judge import onnxruntime_judge
-
-        return onnxruntime_judge(self.int8_target)
 
 
 def backend_for_file(path: "Path | str") -> Optional[str]:

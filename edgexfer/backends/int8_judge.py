@@ -6,7 +6,7 @@ gives on held-out images. For ``--target cpu`` the shipped model runs on ONNX Ru
 differently from ONNX Runtime's CPU kernels, and the layers the guard keeps out of INT8 run in fp16
 there (``BuilderFlag.FP16`` beside ``INT8``), not in fp32. So a backend that builds its own INT8 from an
 export target (:attr:`Backend.int8_target`) and sets :attr:`Backend.judges_int8` scores the candidates
-itself (:meth:`Backend.int8_judge`: build an engine, run it) when it is usable here; when it is not, ONNX
+itself (its ``int8_judge(home)``: build an engine, run it) when it is usable here; when it is not, ONNX
 Runtime stands in and every record says so (``scored_on``, ``stand_in``).
 """
 

@@ -99,7 +99,23 @@ def test_without_tensorrt_onnxruntime_stands_in_and_says_so(cli_runner, run_data
     assert printed["onnx_int8_tensorrt"].endswith("[on onnxruntime, stand-in for tensorrt]")
     assert "stand-in" not in printed["onnx_int8_cpu"]
     entries = {e["name"]: e for e in json.loads((run / "verify" / "verify.json").read_text())["artifacts"]}
-    assert entries["onnx_int8_tensorrt"]["stand_in_for"] == "tensorrt" and "stand_in_for" not in entries["onnx_int8_cpu"]
+    assert entries["onnx_int8_tensorrt"]["stand_in_for"] == "tensorrt"
+    assert "stand_in_for" not in entries["onnx_int8_cpu"]
     report = (run / "verify" / "report.md").read_text()
     assert "`onnx_int8_tensorrt` ran on onnxruntime as a stand-in for tensorrt" in report
     assert "`onnx_int8_cpu` ran on" not in report
+
+
+def test_uint8_source_on_tensorrt_85_is_refused_in_one_line(cli_runner, run_data, monkeypatch):
+    """D3 through the CLI: TensorRT 8.5's parser cannot cast from UINT8; 'build --source onnx_uint8' says so in
+    one line (exit 2) and names what works, instead of a parser error."""
+    run, eval_dir, _ = run_data
+    code, _, err = cli_runner("export", str(run), "--uint8-input", "--eval-data", str(eval_dir), "--no-progress")
+    assert code == 0, err
+    fake_trt.install(monkeypatch, "8.5.2")
+    code, out, err = cli_runner(
+        "build", str(run), "--backend", "tensorrt", "--precision", "fp16", "--source", "onnx_uint8", "--no-smoke"
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "TensorRT 8.5.2 cannot take a uint8 input" in err and "--source onnx" in err
+    assert not Manifest.open(run).has("tensorrt_fp16") and not list((run / "build").glob(".*"))
