@@ -91,8 +91,13 @@ def _accuracy_table(data: Dict[str, Any]) -> List[str]:
             f"{entry['mcnemar']['p_value']:.3g} | {_fmt(acc['top5'])} | {_fmt(agree['agreement_pct'])} | "
             f"{_fmt(logits['cosine_mean'], 4)} / {_fmt(logits['cosine_min'], 4)} | {snr} |"
         )
-    return lines + [
-        "",
+    stand_ins = [
+        f"- `{e['name']}` ran on {e['backend']} as a stand-in for {e['stand_in_for']}: its figures are not "
+        f"the {e['stand_in_for']} engine's; build it for {e['stand_in_for']} and verify that build on the device."
+        for e in data["artifacts"]
+        if e.get("stand_in_for")
+    ]
+    return lines + [""] + (stand_ins + [""] if stand_ins else []) + [
         "A positive drop means the artifact is less accurate than the float model. McNemar's p "
         "tests whether the two differ on these images at all (small p: a real difference).",
         "",

@@ -157,7 +157,23 @@ def prepare_run(check: Check, args: argparse.Namespace) -> Path:
     check.step("export float + uint8 NHWC + TensorRT INT8", check.edgexfer(
         "export", str(run), "--int8", "--target", "tensorrt", "--uint8-input", "--uint8-layout", "nhwc",
         "--max-drop", "100", "--calib-size", "256"), timeout=400, needs="finetune")
+    judged_on_engine(check, run)
     return run
+
+
+def judged_on_engine(check: Check, run: Path) -> None:
+    """With TensorRT here, export must have scored the INT8 candidates on engines, not ONNX Runtime."""
+    manifest = run / "manifest.json"
+    if check.dry_run or not manifest.is_file():
+        return
+    record = json.loads(manifest.read_text()).get("artifacts", {}).get("onnx_int8_tensorrt")
+    if not record:
+        return check.note("INT8 judged on a TensorRT engine", "fail", "no onnx_int8_tensorrt record")
+    metrics = record.get("metrics", {})
+    on_engine = not metrics.get("stand_in", True) and str(metrics.get("scored_on", "")).startswith("tensorrt")
+    detail = f"scored on {metrics.get('scored_on')}; guarded layers in " + str(
+        metrics.get("scoring", {}).get("float_layers_precision"))
+    check.note("INT8 judged on a TensorRT engine", "pass" if on_engine else "fail", detail)
 
 
 def build_and_verify(check: Check, run: Path) -> List[Path]:

@@ -15,10 +15,15 @@ onnx/onnx-tensorrt release branches, docs.nvidia.com pages):
   another device's cache; one global logger, with TensorRT's warning when another one is passed;
 * ``nptype`` on 8.5 fails like it does under numpy 1.24-1.26;
 * the engine's profile, dtypes and output shapes are those of the build; ``set_input_shape`` outside the
-  profile and ``execute_async_v3`` with an unbound tensor return False (fake_trt_engine.py).
+  profile and ``execute_async_v3`` with an unbound tensor return False (fake_trt_engine.py);
+* layer precisions follow the build: a weighted layer with Q/DQ on its activation and weight runs int8,
+  the others fp16 when BuilderFlag.FP16 is set on a weakly typed network (else fp32/tf32), and the
+  engine computes them so (fp16 layers: weights and outputs rounded through fp16), so an engine's
+  logits are not ONNX Runtime's fp32 ones (fake_trt_builder.py, sources there).
 
 Enum values are deliberately not TensorRT's numbers: code must use names. ``.log`` holds the TensorRT
-log ("errors", "warnings") and what the fake observed ("cache_hits", "built").
+log ("errors", "warnings") and what the fake observed ("cache_hits", "built" records with per-layer
+"layers" precisions, "executed": images run through engines).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def make_fake_trt(
     ``numpy_without_bool`` (default: on for 8.5) makes ``nptype`` behave as under numpy 1.24-1.26.
     """
     v = tuple(int(p) for p in version.split(".")[:3])
-    log: Dict[str, Any] = {"errors": [], "warnings": [], "cache_hits": 0, "built": []}
+    log: Dict[str, Any] = {"errors": [], "warnings": [], "cache_hits": 0, "built": [], "executed": 0}
 
     def error(message: str) -> None:
         log["errors"].append(message)
@@ -128,3 +133,19 @@ def _make_nptype(trt: Any, v: tuple, numpy_without_bool: bool) -> Any:
         raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
 
     return nptype
+
+
+def install(monkeypatch: Any, version: str = "10.3.0", gpu: str = "NVIDIA Fake GPU", **fake: Any) -> Any:
+    """Make the TensorRT *backend* usable with a fake module (for stage- and CLI-level tests): ``import
+    tensorrt`` gives the fake, device memory is the fake's, and nvidia-smi shows one GPU of the fake's
+    compute capability, so the real ``trt_machine``, availability check and sidecar checks run."""
+    from edgexfer import hardware
+    from edgexfer.backends import tensorrt, trt_devmem, trt_runtime
+
+    trt = make_fake_trt(version, **fake)
+    cc = fake.get("compute_capability", "8.7")
+    monkeypatch.setattr(trt_runtime, "load_trt", lambda: trt)
+    monkeypatch.setattr(trt_devmem, "device_memory", lambda preferred=None: FakeMemory())
+    monkeypatch.setattr(tensorrt, "have_device_memory_libraries", lambda: {"fake": True})
+    monkeypatch.setattr(hardware, "nvidia_gpus", lambda: [{"name": gpu, "compute_capability": cc, "driver": "550.54"}])
+    return trt

@@ -236,13 +236,61 @@ def make_builder(trt: Any, state: Dict[str, Any], v: Tuple[int, ...], build_fail
     return Builder
 
 
-def _precisions(trt: Any, state: Dict[str, Any], network: _Network, flags: set) -> List[str]:
-    """What the layers compute in: Q/DQ layers int8; the rest fp16 (FP16 flag or fp16 tensors), tf32 (TF32
-    flag on an Ampere+ GPU) or fp32."""
+def _other_precision(trt: Any, state: Dict[str, Any], network: _Network, flags: set) -> str:
+    """What layers outside the Q/DQ pairs compute in. Weakly typed: fp16 with BuilderFlag.FP16 ("Enable
+    FP16 layer selection", pyCoreDoc.h; the fake takes the lowest enabled precision, where real TensorRT
+    may keep a layer higher when that is faster: the pessimistic case for accuracy), tf32 with the TF32
+    flag on an Ampere+ GPU, else fp32. Strongly typed: the ONNX tensor types decide ("Use explicit
+    quantization with Strong Typing. Precision-control build flags are not required", docs.nvidia.com
+    TensorRT "Explicit Quantization"), so fp16 only for an fp16-typed model."""
     flag = trt.BuilderFlag
     half = network.fp16_typed if network.strongly_typed else getattr(flag, "FP16", None) in flags
-    other = "fp16" if half else ("tf32" if flag.TF32 in flags and float(state["compute_capability"]) >= 8.0 else "fp32")
-    return sorted({other} | ({"int8"} if network.has_qdq else set()))
+    return "fp16" if half else ("tf32" if flag.TF32 in flags and float(state["compute_capability"]) >= 8.0 else "fp32")
+
+
+def _layer_precisions(model: Any, other: str) -> Dict[str, str]:
+    """Per weighted layer (Conv, Gemm, MatMul): int8 when its activation and its weight both come through
+    DequantizeLinear (explicit quantization: the Q/DQ placement says which layers run INT8, "Explicit
+    Quantization", docs.nvidia.com TensorRT 8.6-10.x), else ``other``."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    layers = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            dq = [getattr(producer.get(name), "op_type", None) == "DequantizeLinear" for name in node.input[:2]]
+            layers[node.name] = "int8" if len(dq) == 2 and all(dq) else other
+    return layers
+
+
+def _fp16_emulated(model: Any, layers: Dict[str, str]) -> bytes:
+    """The model the fake engine runs: weighted layers that compute in fp16 get their float weights rounded
+    to fp16 and their output rounded through fp16 ("When TensorRT chooses a precision for a layer, it
+    automatically converts weights as necessary to run the layer", Developer Guide 8.x, Reduced
+    Precision), so an engine's logits differ from ONNX Runtime's fp32 ones as a real fp16 layer's do."""
+    import copy
+
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    emulated = copy.deepcopy(model)
+    inits = {t.name: t for t in emulated.graph.initializer}
+    nodes = []
+    for node in emulated.graph.node:
+        nodes.append(node)
+        if layers.get(node.name) != "fp16":
+            continue
+        for name in node.input[1:]:
+            if name in inits and inits[name].data_type == 1:  # FLOAT
+                rounded = numpy_helper.to_array(inits[name]).astype(np.float16).astype(np.float32)
+                inits[name].CopyFrom(numpy_helper.from_array(rounded, name))
+        out = node.output[0]
+        node.output[0] = f"{out}/fake_fp32"
+        nodes += [
+            helper.make_node("Cast", [f"{out}/fake_fp32"], [f"{out}/fake_fp16"], to=10),
+            helper.make_node("Cast", [f"{out}/fake_fp16"], [out], to=1),
+        ]
+    del emulated.graph.node[:]
+    emulated.graph.node.extend(nodes)
+    return emulated.SerializeToString()
 
 
 def _build(trt: Any, state: Dict[str, Any], v: Tuple[int, ...], network: _Network, config: Any, fails: bool):
@@ -280,16 +328,20 @@ def _build(trt: Any, state: Dict[str, Any], v: Tuple[int, ...], network: _Networ
         if not state_hits:
             config.cache.entries.append(key)
     dla = config.DLA_core if config.default_device_type == trt.DeviceType.DLA else None
+    other = _other_precision(trt, state, network, config.flags)
+    layers = _layer_precisions(network.model, other)
     batch_free = [(t.name, t.shape) for t in network.outputs]
     record = {
         "version": list(v), "cc": state["compute_capability"], "dla_core": dla,
         "version_compatible": getattr(flag, "VERSION_COMPATIBLE", None) in config.flags,
         "hardware_level": str(level) if level not in (None, "NONE") else None,
-        "precisions": _precisions(trt, state, network, config.flags),
+        "precisions": sorted({other} | ({"int8"} if network.has_qdq else set())),
+        "layers": layers,
         "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "io": "input"} for t in network.inputs],
         "outputs": [{"name": n, "shape": list(s), "dtype": t.dtype, "io": "output"}
                     for (n, s), t in zip(batch_free, network.outputs)],
         "profile": {name: [list(s) for s in shapes] for name, shapes in profile.items()},
     }
     trt.log["built"].append(record)
-    return serialize(record, network.model.SerializeToString())
+    emulate = other == "fp16" and not network.fp16_typed  # an fp16-typed model already computes in fp16
+    return serialize(record, _fp16_emulated(network.model, layers) if emulate else network.model.SerializeToString())

@@ -200,6 +200,7 @@ class FakeContext:
             if not DEVICE.write(self.addresses[name], np.ascontiguousarray(value, dtype=dtype).tobytes()):
                 return self._fail(f"enqueueV3: output '{name}' buffer too small")
         self.calls.append(self.shapes[record["inputs"][0]["name"]][0])
+        self.engine.trt.log["executed"] = self.engine.trt.log.get("executed", 0) + self.calls[-1]
         return True
 
 

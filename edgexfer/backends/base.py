@@ -146,6 +146,9 @@ class Backend(abc.ABC):
     # ``export --target`` that makes it.
     int8_source: str = "onnx_int8_cpu"
     int8_target: str = "cpu"
+    # Whether export scores this target's INT8 candidates on this backend when it is usable, instead of
+    # ONNX Runtime; such a backend defines ``int8_judge(home) -> Int8Judge`` (backends/int8_judge.py).
+    judges_int8: bool = False
     # File suffixes of the artifacts this backend loads (``predict FILE`` picks the backend by them).
     suffixes: Tuple[str, ...] = ()
     # The options :meth:`build` takes (declared here so the CLI and the pipeline derive theirs).

@@ -45,6 +45,7 @@ class TensorRTBackend(Backend):
     precisions = ("fp32", "fp16", "int8")
     int8_source = "onnx_int8_tensorrt"
     int8_target = "tensorrt"
+    judges_int8 = True  # export scores TensorRT INT8 candidates on engines where TensorRT is usable
     suffixes = (".engine", ".plan")
     build_options = (
         BuildOption(
@@ -123,6 +124,13 @@ class TensorRTBackend(Backend):
         return build_engine(
             trt, Path(onnx_path), precision, Path(out_dir), dict(options or {}), trt_machine(trt), build_defaults()
         )
+
+    def int8_judge(self, home: Path) -> Any:
+        """Scores INT8 candidates on engines built like ``edgexfer build --precision int8`` builds them
+        (layers outside the Q/DQ pairs in fp16 where the typing allows it); see trt_judge.py."""
+        from edgexfer.backends.trt_judge import TensorRTInt8Judge
+
+        return TensorRTInt8Judge(self, Path(home), {"int8_fp16_fallback": True})
 
     def load(self, artifact_path: Path, options: Optional[Dict[str, Any]] = None) -> Runner:
         """A runner for a built engine (checked against this machine on activation).

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
 from edgexfer.backends import trt_compat as compat
-from edgexfer.backends.base import BuildResult
+from edgexfer.backends.base import BuildResult, build_home
 from edgexfer.backends.trt_runtime import init_plugins, trt_logger
 from edgexfer.errors import ArtifactError, ConfigError
 
@@ -66,7 +66,9 @@ def build_engine(
     if int(opt["workspace_mb"]) < 16:
         raise ConfigError(f"workspace_mb must be >= 16, got {opt['workspace_mb']}")
     final = out_dir / f"tensorrt_{precision}.engine"
-    cache_path = out_dir / compat.timing_cache_name(version, str(machine.get("compute_capability") or ""))
+    # The timing cache outlives the build: beside the installed engines, not in the staging folder the
+    # build stage discards (build_home), so the next build of this run starts from it.
+    cache_path = build_home(out_dir) / compat.timing_cache_name(version, str(machine.get("compute_capability") or ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(final) as tmp:
         parse_path = onnx_path

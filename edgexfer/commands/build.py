@@ -103,7 +103,7 @@ def build(**_: Any) -> None:
     Examples:
       edgexfer build runs/r18 --backend onnxruntime --precision int8
       edgexfer build runs/r18 --backend tensorrt --precision fp16 --max-batch 16
-      edgexfer build runs/r18 --backend tensorrt --precision int8 --dla-core 0   # Jetson Orin
+      edgexfer build runs/r18 --backend tensorrt --precision fp16 --dla-core 0   # Jetson Orin DLA
     """
     from edgexfer.console import progress_enabled
     from edgexfer.stages.build import run_build

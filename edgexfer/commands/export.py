@@ -158,7 +158,13 @@ def _detail(metrics: Dict[str, Any]) -> str:
         return (
             f"{metrics['calib_method']}, top-1 {metrics['float_top1']:.2f} -> {metrics['int8_top1']:.2f} "
             f"(drop {metrics['drop']:.2f}) on {metrics['eval_images']} held-out images"
-            + (f", {len(metrics['excluded_nodes'])} layer(s) in float" if metrics["excluded_nodes"] else "")
+            + (
+                f", {len(metrics['excluded_nodes'])} layer(s) in "
+                f"{metrics.get('scoring', {}).get('float_layers_precision', 'float')}"
+                if metrics["excluded_nodes"]
+                else ""
+            )
+            + (f", scored on {metrics['scored_on']}" if metrics.get("scored_on") else "")
         )
     return (
         f"max abs diff {metrics['max_abs_diff']:.2e}, top-1 agreement "

@@ -130,4 +130,5 @@ def _print_summary(data: dict) -> None:
             f"  {entry['name']:<22} {entry['status'].upper():<7} top-1 {acc['top1']:.2f}% "
             f"(drop {acc['top1_drop']:+.2f}, CI {low:+.2f}..{high:+.2f}), agreement "
             f"{entry['agreement']['agreement_pct']:.1f}%{p50}"
+            + (f"  [on {entry['backend']}, stand-in for {entry['stand_in_for']}]" if entry.get("stand_in_for") else "")
         )

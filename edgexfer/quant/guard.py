@@ -7,6 +7,10 @@
    worst quantization SQNR (:mod:`edgexfer.quant.sensitivity`) are kept in float, a few more at each
    step, until the drop is in budget (or :class:`ParityError` when ``max_fallback`` layers are not enough).
 
+Candidates are run by a *judge* (:mod:`edgexfer.backends.int8_judge`): the runtime that ships the
+target's model where it is usable here (TensorRT engines for ``tensorrt``, where the layers the guard
+keeps out of INT8 run in fp16), else ONNX Runtime, recorded as a stand-in. Without one, ONNX Runtime.
+
 Nothing here writes artifacts: the export stage writes and records the chosen model.
 """
 
@@ -78,12 +82,18 @@ class QuantizeJob:
     batch_size: int = 64
     auto_images: int = 300
 
-    def score(self, method: str, model: Any, excluded: Sequence[str], count: Optional[int] = None) -> Candidate:
-        """Run ``model`` on the first ``count`` held-out inputs (all by default) and compare with float."""
-        from edgexfer.backends.onnxruntime import session_logits
-
+    def score(
+        self, method: str, model: Any, excluded: Sequence[str], count: Optional[int] = None, judge: Any = None
+    ) -> Candidate:
+        """Run ``model`` on the first ``count`` held-out inputs (all by default) with ``judge`` (ONNX
+        Runtime when None) and compare with float."""
         count = len(self.eval_labels) if count is None else count
-        logits = session_logits(model, self.eval_inputs[:count], self.batch_size)
+        if judge is None:
+            from edgexfer.backends.onnxruntime import session_logits
+
+            logits = session_logits(model, self.eval_inputs[:count], self.batch_size)
+        else:
+            logits = judge.logits(model, self.eval_inputs[:count], self.batch_size)
         comparison = compare_logits(self.float_logits[:count], logits)
         return Candidate(
             method,
@@ -100,8 +110,10 @@ def pick_best(candidates: Sequence[Candidate]) -> Candidate:
     return max(candidates, key=lambda c: (round(c.agreement, 9), c.snr_db, -METHODS.index(c.method)))
 
 
-def quantize_target(job: QuantizeJob, recipe: QuantRecipe) -> QuantizeOutcome:
-    """Quantize by ``recipe`` with every candidate method, keep the best, apply the accuracy guard."""
+def quantize_target(job: QuantizeJob, recipe: QuantRecipe, judge: Any = None) -> QuantizeOutcome:
+    """Quantize by ``recipe`` with every candidate method, keep the best, apply the accuracy guard; every
+    candidate is scored by ``judge`` (:class:`~edgexfer.backends.int8_judge.Int8Judge`; ONNX Runtime when
+    None)."""
     target = recipe.target
     float_top1 = topk_accuracy(job.float_logits, job.eval_labels, 1)
     started = time.perf_counter()
@@ -112,7 +124,7 @@ def quantize_target(job: QuantizeJob, recipe: QuantRecipe) -> QuantizeOutcome:
     for method in job.ranges:
         model = quantize_with_ranges(job.prepared, recipe, method, job.ranges[method], job.work_dir)
         recipe.enforce(model, source=f"the {target} INT8 model ({method})")
-        candidates.append(job.score(method, model, [], subset))
+        candidates.append(job.score(method, model, [], subset, judge))
         scored = candidates[-1]
         log.info(
             "  %s %-10s top-1 %.2f, agreement %.4f, SNR %.1f dB on %d images",
@@ -125,11 +137,11 @@ def quantize_target(job: QuantizeJob, recipe: QuantRecipe) -> QuantizeOutcome:
         )
     best = pick_best(candidates)
     if subset < len(job.eval_labels):
-        best = job.score(best.method, best.model, [])
+        best = job.score(best.method, best.model, [], judge=judge)
     before = best
     guard: Dict[str, Any] = {"max_drop": job.max_drop, "steps": []}
     if job.max_drop is not None and float_top1 - best.top1 > job.max_drop:
-        best = _guard(job, recipe, best, float_top1, job.max_drop, guard)
+        best = _guard(job, recipe, best, float_top1, job.max_drop, guard, judge)
     metrics = {
         "target": target,
         "calib_method": best.method,
@@ -148,10 +160,19 @@ def quantize_target(job: QuantizeJob, recipe: QuantRecipe) -> QuantizeOutcome:
             after={"int8_top1": round(best.top1, 4), "drop": round(float_top1 - best.top1, 4)},
         ),
         "qdq": rules.qdq_summary(best.model),
+        **_scoring(judge),
         "quantize_seconds": round(time.perf_counter() - started, 3),
         "opset": default_opset(best.model),
     }
     return QuantizeOutcome(target=target, model=best.model, method=best.method, metrics=metrics)
+
+
+def _scoring(judge: Any) -> Dict[str, Any]:
+    """Where the candidates ran: ``scored_on`` (e.g. "onnxruntime (stand-in for tensorrt)"), ``stand_in``,
+    and the judge's details, among them the precision of the layers kept out of INT8."""
+    scoring = judge.describe() if judge is not None else {"scored_on": "onnxruntime", "stand_in": False,
+                                                          "float_layers_precision": "fp32"}
+    return {"scored_on": scoring["scored_on"], "stand_in": scoring["stand_in"], "scoring": scoring}
 
 
 def _guard(
@@ -161,6 +182,7 @@ def _guard(
     float_top1: float,
     max_drop: float,
     guard: Dict[str, Any],
+    judge: Any = None,
 ) -> Candidate:
     """Keep the most quantization-sensitive layers in float, step by step, until the drop is in budget."""
     target = recipe.target
@@ -177,7 +199,7 @@ def _guard(
             job.prepared, recipe, best.method, job.ranges[best.method], job.work_dir, exclude=excluded
         )
         recipe.enforce(model, excluded=excluded, source=f"the {target} INT8 model (guard)")
-        candidate = job.score(best.method, model, excluded)
+        candidate = job.score(best.method, model, excluded, judge=judge)
         drop = float_top1 - candidate.top1
         guard["steps"].append(
             {

@@ -177,6 +177,11 @@ def verify_target(
         "sha256": target.sha256,
         "error": None,
     }
+    from edgexfer.backends.int8_judge import stand_in_for
+
+    owner = stand_in_for(target.name, target.backend)  # onnx_int8_tensorrt run by ONNX Runtime
+    if owner:
+        entry["stand_in_for"] = owner
     try:
         # Hash and provenance first: a stale artifact is reported like one that fails to load. The one
         # manifest of this verify memoises hashes, so a shared input (checkpoint, ONNX) is hashed once.

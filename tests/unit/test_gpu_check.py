@@ -78,6 +78,19 @@ def test_bench_rows_need_tensorrt_rows_that_ran(gpu_check, tmp_path):
     assert row == {"status": "fail", "detail": "TensorRT rows: none"}  # bench skipped TensorRT but exited 0
 
 
+def test_the_int8_export_must_have_been_judged_on_an_engine(gpu_check, tmp_path):
+    """On a GPU, an export that scored the TensorRT INT8 candidates on ONNX Runtime (a stand-in) fails."""
+    check = gpu_check.Check(sys.executable, dry_run=False, budget=60, logs=tmp_path / "logs")
+    for scored_on, stand_in in (("tensorrt 10.3.0 engine", False), ("onnxruntime (stand-in for tensorrt)", True)):
+        metrics = {"scored_on": scored_on, "stand_in": stand_in, "scoring": {"float_layers_precision": "fp16"}}
+        (tmp_path / "manifest.json").write_text(json.dumps({"artifacts": {"onnx_int8_tensorrt": {"metrics": metrics}}}))
+        gpu_check.judged_on_engine(check, tmp_path)
+    assert [(r["status"], r["detail"]) for r in check.rows] == [
+        ("pass", "scored on tensorrt 10.3.0 engine; guarded layers in fp16"),
+        ("fail", "scored on onnxruntime (stand-in for tensorrt); guarded layers in fp16"),
+    ]
+
+
 def test_report_writes_results_and_the_exit_code(gpu_check, tmp_path, capsys):
     check = gpu_check.Check(sys.executable, dry_run=False, budget=60, logs=tmp_path / "logs")
     check.step("passes", [sys.executable, "-c", "print('fine')"])

@@ -317,3 +317,47 @@ def test_an_onnxruntime_without_precomputed_ranges_is_refused(monkeypatch):
     monkeypatch.setattr(onnxruntime.quantization, "quantize_static", quantize_static)
     with pytest.raises(BackendUnavailableError, match=f"needs onnxruntime >= {MIN_ONNXRUNTIME}.*pip install"):
         check_quantizer()
+
+
+@pytest.mark.slow
+def test_tensorrt_candidates_are_judged_on_engines_with_guarded_layers_in_fp16(quantized, monkeypatch, tmp_path):
+    """Where TensorRT is usable, each TensorRT candidate is built into an engine (the backend's own build,
+    INT8 + FP16) and scored on it: the layers the guard keeps out of INT8 run in fp16 there, and the
+    recorded scores are the engine's, not ONNX Runtime's."""
+    import fake_trt
+    from edgexfer.backends.int8_judge import judge_for_target
+    from edgexfer.backends.tensorrt import TensorRTBackend
+    from edgexfer.compare import compare_logits
+
+    trt = fake_trt.install(monkeypatch, "10.3.0")
+    recipe = RECIPES["tensorrt"]
+    baseline = quantize_target(_job(quantized, quantized["ranges"], max_drop=None), recipe).metrics["drop"]
+    ranges = {"minmax": dict(quantized["ranges"]["minmax"])}
+    low, high = ranges["minmax"]["input"]
+    ranges["minmax"]["input"] = (low * 300, high * 300)
+    job = _job(quantized, ranges, max_drop=baseline + 5.0)
+    with judge_for_target("tensorrt", tmp_path / "build") as judge:
+        outcome = quantize_target(job, recipe, judge)
+    m = outcome.metrics
+    assert m["scored_on"] == "tensorrt 10.3.0 engine" and m["stand_in"] is False
+    assert m["scoring"]["float_layers_precision"] == "fp16" and {"INT8", "FP16"} <= set(m["scoring"]["builder_flags"])
+    assert m["excluded_nodes"][0] == "/conv1/Conv" and m["drop"] <= baseline + 5.0
+    # one engine per candidate (the method, then each guard step), every one run on the whole slice
+    steps = len(m["guard"]["steps"])
+    assert len(trt.log["built"]) == 1 + steps == m["scoring"]["engine_builds"]
+    assert trt.log["executed"] == len(job.eval_labels) * (1 + steps)
+    layers = trt.log["built"][-1]["layers"]  # the accepted candidate's engine
+    assert {name for name, p in layers.items() if p == "fp16"} == set(m["excluded_nodes"])
+    assert {p for name, p in layers.items() if name not in m["excluded_nodes"]} == {"int8"}
+    assert not list((tmp_path / "build").glob(".*")) and len(list((tmp_path / "build").glob("timing_*"))) == 1
+    # the recorded scores are the engine's (fp16 layers round), not ONNX Runtime's on the same model
+    source = tmp_path / "accepted.onnx"
+    import onnx
+
+    onnx.save(outcome.model, str(source))
+    engine = TensorRTBackend().build(source, "int8", tmp_path / "again", {}).path
+    with TensorRTBackend().load(engine) as runner:
+        on_engine = compare_logits(job.float_logits, runner.infer(job.eval_inputs))
+    on_cpu = compare_logits(job.float_logits, session_logits(outcome.model, job.eval_inputs))
+    assert m["snr_db"] == pytest.approx(on_engine.snr_db, abs=1e-3)
+    assert abs(m["snr_db"] - on_cpu.snr_db) > 0.01

@@ -85,5 +85,6 @@ def _headline(metrics: Dict[str, Any]) -> Dict[str, Any]:
         "export_seconds",
         "calib_seconds",
         "quantize_seconds",
+        "scored_on",
     )
     return {k: metrics[k] for k in keys if k in metrics}

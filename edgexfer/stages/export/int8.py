@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
+from edgexfer.backends.int8_judge import judge_for_target
 from edgexfer.backends.onnxruntime import session_logits
 from edgexfer.fsutil import atomic_path
 from edgexfer.manifest import Manifest
@@ -83,7 +84,19 @@ def int8_models(
             auto_images=config.auto_eval_size,
         )
         for target in config.targets:
-            outcome = quantize_target(job, recipe_for(target))
+            # scored on the runtime that ships the target's model where it is here (TensorRT engines,
+            # whose timing cache goes to the run's build folder for 'edgexfer build'), else ONNX Runtime
+            with judge_for_target(target, config.run_dir / "build") as judge:
+                if judge.stand_in:
+                    log.warning(
+                        "INT8 %s: %s is not usable here (%s); its candidates are scored on %s, whose CPU "
+                        "kernels only approximate the engine: run export where %s runs to judge the engine",
+                        target, judge.facts["stand_in_for"], judge.facts["stand_in_reason"], judge.scored_on,
+                        judge.facts["stand_in_for"],
+                    )
+                else:
+                    log.info("INT8 %s: scoring candidates on %s", target, judge.scored_on)
+                outcome = quantize_target(job, recipe_for(target), judge)
             metrics = dict(outcome.metrics, **calib_metrics)
             written[f"onnx_int8_{target}"] = (_write_int8(config, meta, outcome, metrics), metrics)
     return written
@@ -127,12 +140,13 @@ def _write_int8(config: ExportConfig, meta: Any, outcome: QuantizeOutcome, metri
             metrics=metrics,
         )
     log.info(
-        "INT8 %s: %s (method %s, top-1 %.2f -> %.2f, drop %.2f)",
+        "INT8 %s: %s (method %s, top-1 %.2f -> %.2f, drop %.2f, scored on %s)",
         target,
         path,
         outcome.method,
         metrics["float_top1"],
         metrics["int8_top1"],
         metrics["drop"],
+        metrics["scored_on"],
     )
     return path
