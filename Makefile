@@ -1,7 +1,8 @@
 # edgexfer: the commands the README gives. `make demo` and `make test` set up on their own.
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= dev,openvino
+# train: torch + torchvision (finetune, export); without it the venv is the torch-free device runtime
+EXTRAS ?= train,dev,openvino
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgexfer-installed
 
@@ -9,7 +10,8 @@ STAMP := $(VENV)/.edgexfer-installed
 
 setup: $(STAMP)
 
-# A venv with the project installed editable. On a Jetson, TensorRT lives in the system Python:
+# A venv with the project installed editable. On a Jetson, TensorRT lives in the system Python and
+# torch is not needed to build, verify and bench (add train only with NVIDIA's JetPack torch wheel):
 #   make setup VENV_FLAGS=--system-site-packages EXTRAS=dev
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)

@@ -36,7 +36,10 @@ def run_bench(config: BenchConfig) -> BenchResult:
     from edgexfer.stages.bench.inputs import synthetic_photos
     from edgexfer.stages.bench.measure import measure_plans
     from edgexfer.stages.bench.targets import run_plan
+    from edgexfer.torchdeps import require_torch
 
+    if config.run_dir is None:  # random-weight models are made by torchvision and exported by torch
+        require_torch("bench of random-weight torchvision models (--model; bench a run's builds with --run DIR)")
     started, clock = now_iso(), time.perf_counter()
     threads = int(config.threads or physical_cores())
     backends, skipped = selected_backends(config)

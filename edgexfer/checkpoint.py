@@ -45,6 +45,9 @@ class CheckpointMeta:
 
 def save_checkpoint(path: "os.PathLike[str] | str", state_dict: Dict[str, Any], meta: CheckpointMeta) -> None:
     """Write a checkpoint atomically (a Ctrl-C mid-write keeps the previous file intact)."""
+    from edgexfer.torchdeps import require_torch
+
+    require_torch("writing a checkpoint")
     import torch
 
     from edgexfer.fsutil import atomic_path
@@ -64,11 +67,14 @@ def save_checkpoint(path: "os.PathLike[str] | str", state_dict: Dict[str, Any], 
 def read_checkpoint_file(path: "os.PathLike[str] | str") -> Any:
     """torch.load a weights file safely (``weights_only``: tensors and plain containers, no code), with
     clear errors."""
-    import torch
+    from edgexfer.torchdeps import require_torch
 
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"weights file '{path}' does not exist")
+    require_torch(f"reading the weights file '{path}'")
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle/zip errors of many kinds

@@ -25,6 +25,9 @@ _EXCLUDED = {"inception_v3", "googlenet"}  # aux-logit heads; exportable, but ne
 
 def list_models() -> List[str]:
     """The torchvision classification models edgexfer can fine-tune, sorted."""
+    from edgexfer.torchdeps import require_torch
+
+    require_torch("the torchvision model zoo (finetune, export, bench --model)")
     import torchvision
 
     names = torchvision.models.list_models(module=torchvision.models)

@@ -19,6 +19,9 @@ def write_random_run(
 ) -> Path:
     """Write ``run_dir/finetune/best.pt`` (``arch`` with one output per class, weights from ``seed``) and
     record it in ``run_dir``'s manifest as the finetune stage's checkpoint; return ``run_dir``."""
+    from edgexfer.torchdeps import require_torch
+
+    require_torch(f"a random-weight {arch} (bench --model)")
     import torch
 
     from edgexfer.checkpoint import CheckpointMeta, save_checkpoint

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from edgexfer.reference import reference_label
+
 STATUS_MARK = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIPPED"}
 
 
@@ -61,10 +63,11 @@ def _verdict(data: Dict[str, Any]) -> List[str]:
     return lines + [
         "",
         f"Data: {dataset['source']}, {dataset['num_images']} images, "
-        f"{len(dataset['class_names'])} classes. Reference: {ref.get('backend', 'torch')} "
+        f"{len(dataset['class_names'])} classes. Reference: {ref.get('source') or reference_label(ref)} "
         f"{ref.get('precision', 'fp32')} (top-1 {_fmt(ref['top1'])}%, top-{ref['top5_k']} {_fmt(ref['top5'])}%).",
         "",
-    ]
+    ] + ([f"Note: {ref['note']}.", ""] if ref.get("note") else [])
+
 
 
 def _accuracy_table(data: Dict[str, Any]) -> List[str]:
@@ -105,7 +108,8 @@ def _accuracy_table(data: Dict[str, Any]) -> List[str]:
 
 
 def _verify_latency_table(data: Dict[str, Any]) -> List[str]:
-    rows = [("torch fp32 (reference)", data["reference"].get("latency"))]
+    ref = data["reference"]
+    rows = [(f"{reference_label(ref)} fp32 (reference)", ref.get("latency"))]
     rows += [(f"`{e['name']}`", e.get("latency")) for e in data["artifacts"] if e.get("latency")]
     if not any(lat for _, lat in rows):
         return []
@@ -122,6 +126,9 @@ def _verify_latency_table(data: Dict[str, Any]) -> List[str]:
                 f"{_fmt(lat['p99_ms'])} | {_fmt(lat['iqr_ms'])} | {_fmt(lat['throughput_ips'], 1)} | "
                 f"{lat['n']} |"
             )
+    if ref.get("backend", "torch") != "torch":  # no torch eager row: say why rather than leave it out silently
+        why = ref.get("note") or f"the reference ran on {ref['backend']}"
+        lines += ["", f"torch fp32 latency: not measured ({why})."]
     return lines + [""]
 
 
@@ -171,7 +178,7 @@ def verify_figures(data: Dict[str, Any]) -> Dict[str, Any]:
     when an artifact ran."""
     plt = _pyplot()
     figures = {}
-    rows = [(f"{data['reference'].get('backend', 'torch')} fp32", data["reference"].get("latency"))]
+    rows = [(f"{reference_label(data['reference'])} fp32", data["reference"].get("latency"))]
     rows += [(e["name"], e.get("latency")) for e in data["artifacts"]]
     rows = [(name, lat) for name, lat in rows if lat]
     if rows:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from edgexfer.manifest import Manifest
+from edgexfer.reference import reference_label
 
 
 def _fmt(value: Optional[float], spec: str = ".2f", suffix: str = "") -> str:
@@ -55,7 +56,8 @@ def verify_rows(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """One row per artifact of a verify report, the torch float reference first."""
     reference = report["reference"]
     ref_latency = (reference.get("latency") or {}).get("p50_ms")
-    rows = [{"artifact": "torch fp32 (reference)", "top1": reference["top1"], "drop": 0.0, "ci": None,
+    label = f"{reference_label(reference)} fp32 (reference)"
+    rows = [{"artifact": label, "top1": reference["top1"], "drop": 0.0, "ci": None,
              "agreement": 100.0, "p50_ms": ref_latency, "speedup": 1.0 if ref_latency else None,
              "status": "reference"}]
     for art in report.get("artifacts", []):

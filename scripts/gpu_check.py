@@ -115,10 +115,11 @@ class Check:
 
 
 def ensure_venv(args: argparse.Namespace) -> Dict[str, Any]:
-    """A venv with edgexfer[tensorrt,dev] + polygraphy; reuses a working one and a system CUDA torch."""
+    """A venv with edgexfer[train,tensorrt,dev] + polygraphy (train: the check fine-tunes and exports);
+    reuses a working one and a system CUDA torch."""
     venv = (ROOT / args.venv).resolve()
     python = venv / "bin" / "python"
-    probe = "import tensorrt, polygraphy, edgexfer; print(tensorrt.__version__)"
+    probe = "import tensorrt, polygraphy, torch, edgexfer; print(tensorrt.__version__)"
     if python.is_file() and subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0:
         return {"python": str(python), "install_seconds": 0.0, "install": "reused"}
     commands = []
@@ -128,7 +129,7 @@ def ensure_venv(args: argparse.Namespace) -> Dict[str, Any]:
         flags = ["--system-site-packages"] if torch_ok else []  # reuse the installed CUDA torch (GBs)
         commands.append([sys.executable, "-m", "venv", *flags, str(venv)])
     commands += [[str(python), "-m", "pip", "install", "--upgrade", "pip"],
-                 [str(python), "-m", "pip", "install", "-e", f"{ROOT}[tensorrt,dev]", "polygraphy"]]
+                 [str(python), "-m", "pip", "install", "-e", f"{ROOT}[train,tensorrt,dev]", "polygraphy"]]
     start = time.monotonic()
     for command in commands:
         print("install: " + " ".join(command), flush=True)

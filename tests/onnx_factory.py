@@ -193,3 +193,33 @@ def exported_run(
         )
     )
     return run_dir
+
+
+def colour_model(path: Path, size: int = 32, class_names: List[str] = CLASSES, gain: float = 4.0) -> Path:
+    """A float ONNX classifier made without torch (onnx.helper): GlobalAveragePool -> Flatten -> Gemm
+    with ``gain`` x identity weights, so the logit of class i is the mean of normalised channel i and
+    a red / green / blue square (conftest images) is classified red / green / blue. Same names, dynamic
+    batch and edgexfer metadata as the export stage's models (docs/contracts.md)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array((gain * np.eye(3, dtype=np.float32))[: len(class_names)], "weight")
+    bias = numpy_helper.from_array(np.zeros(len(class_names), dtype=np.float32), "bias")
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "weight", "bias"], ["logits"], transB=1),
+        ],
+        "colour",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(class_names)])],
+        initializer=[weights, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by every onnxruntime edgexfer supports (>= 1.16)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    set_metadata(path, metadata(class_names, size, arch="colour"))
+    return path

@@ -97,11 +97,14 @@ class TorchBackend(Backend):
     suffixes = (".pt", ".pth")
 
     def availability(self) -> Tuple[bool, str]:
-        """torch imports (it is a core dependency, so this only fails on a broken install)."""
-        try:
-            import torch
-        except Exception as exc:  # noqa: BLE001 - a broken wheel raises OSError/ImportError alike
-            return False, f"torch does not import: {exc}"
+        """torch and torchvision import (the ``train`` extra; a device runtime goes without them)."""
+        from edgexfer.torchdeps import TRAIN_EXTRA, torch_missing
+
+        missing = torch_missing()
+        if missing is not None:
+            return False, f"{missing}; {TRAIN_EXTRA}"
+        import torch
+
         cuda = "CUDA available" if torch.cuda.is_available() else "CPU only"
         return True, f"torch {torch.__version__} ({cuda})"
 

@@ -113,11 +113,15 @@ def verify(**_: Any) -> None:
 
 def _print_summary(data: dict) -> None:
     """One line per artifact: status, top-1, drop with CI, agreement, p50 latency."""
+    from edgexfer.reference import reference_label
+
     ref = data["reference"]
     click.echo(
-        f"reference {ref['backend']} {ref['precision']}: top-1 {ref['top1']:.2f}% "
+        f"reference {reference_label(ref)} {ref['precision']}: top-1 {ref['top1']:.2f}% "
         f"on {data['dataset']['num_images']} images"
     )
+    if ref.get("note"):  # not the checkpoint (no torch here): say what was compared with and why
+        click.echo(f"  ({ref['note']})")
     for entry in data["artifacts"]:
         if "accuracy" not in entry:
             click.echo(f"  {entry['name']:<22} {entry['status'].upper():<7} {entry['error']}")

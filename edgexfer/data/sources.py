@@ -164,6 +164,9 @@ def dataset_root() -> Path:
 
 def torchvision_samples(name: str, split: str, root: Optional[Path] = None) -> ImageSamples:
     """CIFAR-10 or Fashion-MNIST via torchvision (downloaded when online); ``val`` is the test set."""
+    from edgexfer.torchdeps import require_torch
+
+    require_torch(f"the torchvision data set '{name}' (or pass --data DIR with labelled images)")
     import torchvision
 
     cls_name, _ = TORCHVISION_DATASETS[name]

@@ -1,7 +1,7 @@
 """The verify stage: accuracy parity and latency of every built artifact against the float reference.
 
-For each built artifact (``<backend>_<precision>`` records of the build stage) and the torch float
-reference, the same labelled images are run batched, each with the input the artifact takes (float
+For each built artifact (``<backend>_<precision>`` records of the build stage) and the float
+reference (edgexfer.reference), the same labelled images are run batched, each with the input the artifact takes (float
 NCHW, or uint8 pixels for ``--uint8-input`` models). Per artifact it reports top-1/top-5, the drop
 against the reference with a paired-bootstrap confidence interval and McNemar's test, prediction
 agreement, per-class deltas, logit cosine similarity and SNR (:mod:`edgexfer.parity`), and latency
@@ -221,24 +221,26 @@ def verify_target(
 
 
 def _reference(
-    checkpoint_path: Path, inputs: InputCache, config: VerifyConfig, num_classes: int
+    model: Any, inputs: InputCache, config: VerifyConfig, num_classes: int
 ) -> Tuple[np.ndarray, Dict[str, Any]]:
-    """Logits, accuracy and latency of the torch float reference (the checkpoint)."""
-    from edgexfer.backends.base import REFERENCE_BACKEND, get_backend
+    """Logits, accuracy and latency of the float reference (:func:`edgexfer.reference.float_reference`:
+    the checkpoint on torch, or the float ONNX model on ONNX Runtime where torch is not installed)."""
+    from edgexfer.backends.base import get_backend
     from edgexfer.parity import reference_entry
 
-    with get_backend(REFERENCE_BACKEND).load(checkpoint_path, config.load_options()) as runner:
+    with get_backend(model.backend).load(model.path, model.load_options(config.load_options())) as runner:
         logits = run_logits(runner, inputs, config.batch_size, config.progress, "float reference")
         if logits.shape[1] != num_classes:
-            raise ArtifactError(f"the checkpoint outputs {logits.shape[1]} classes but names {num_classes}")
+            raise ArtifactError(f"the {model.source} outputs {logits.shape[1]} classes but names {num_classes}")
         latency = (
             measure_latency(runner, inputs, config.latency_batch, config.timing()) if config.latency else None
         )
         described = runner.describe()
     return logits, {
-        "backend": REFERENCE_BACKEND,
+        "backend": model.backend,
         "precision": "fp32",
-        "path": str(checkpoint_path),
+        "path": str(model.path),
+        **model.describe(),
         "runner": described,
         **reference_entry(logits, inputs.labels, num_classes),
         "latency": latency,
@@ -253,21 +255,20 @@ def verify_artifacts(config: VerifyConfig) -> VerifyResult:
     (:meth:`VerifyResult.outcome`), not raised: a caller can show the table first. Bad input that stops
     verify before any artifact runs (no run, nothing built, mismatched data) raises.
     """
-    from edgexfer.checkpoint import meta_from_payload, read_checkpoint_file
     from edgexfer.config import to_dict
     from edgexfer.manifest import Manifest, now_iso
+    from edgexfer.reference import float_reference
     from edgexfer.stages.verify_report import artifact_metrics, verify_document, write_outputs
 
     started = now_iso()
     manifest = Manifest.open(config.run_dir)
-    checkpoint = manifest.require("checkpoint")
-    checkpoint_path = manifest.path_of("checkpoint")
-    meta = meta_from_payload(read_checkpoint_file(checkpoint_path), str(checkpoint_path))
+    meta = float_reference(manifest)  # the checkpoint, or the float ONNX model where torch is missing
+    checkpoint = manifest.get("checkpoint" if manifest.has("checkpoint") else meta.artifact)
     targets = built_targets(manifest, config)
     samples, source = load_samples(config, meta.class_names)
     inputs = InputCache(samples, subset_indices(len(samples), config.limit), meta.preprocess, config.progress)
     num_classes = len(meta.class_names)
-    ref_logits, reference = _reference(checkpoint_path, inputs, config, num_classes)
+    ref_logits, reference = _reference(meta, inputs, config, num_classes)
     entries = [verify_target(t, manifest, inputs, ref_logits, num_classes, config) for t in targets]
     data = verify_document(config, started, checkpoint, meta, source, len(samples), inputs, reference, entries)
     ran = [e["name"] for e in entries if e["status"] in ("passed", "failed")]

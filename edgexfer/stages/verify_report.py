@@ -87,7 +87,8 @@ def write_outputs(config: Any, data: Dict[str, Any], verified: List[str]) -> Dic
     atomic_write_text(report_path, report.verify_markdown(data))
     if _is_inside(out, config.run_dir):
         with Manifest.update(config.run_dir) as manifest:
-            inputs = ["checkpoint"] + verified
+            # The float model compared with: the checkpoint, or the float ONNX model where torch is missing.
+            inputs = [data["reference"].get("artifact", "checkpoint")] + verified
             manifest.add_artifact(
                 "verify_json",
                 json_path,

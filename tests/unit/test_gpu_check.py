@@ -50,7 +50,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
     assert "--source onnx_uint8" in out and "--uint8-input --uint8-layout nhwc" in out
     assert "verify" in out and "--batch-size 9" in out and "bench --run" in out
     assert "--trt --int8 --onnxrt" in out and "pytest -q -rs tests/gpu" in out
-    assert "pip install -e" in out and "[tensorrt,dev] polygraphy" in out
+    assert "pip install -e" in out and "[train,tensorrt,dev] polygraphy" in out
     assert out.strip().endswith("gpu-check: NOTHING RAN")
 
 

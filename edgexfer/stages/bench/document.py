@@ -84,7 +84,9 @@ def write_bench_outputs(config: BenchConfig, data: Dict[str, Any], name: str) ->
         from edgexfer.manifest import Manifest
 
         with Manifest.update(config.run_dir) as manifest:
+            # A run on a device may carry the float ONNX model without the checkpoint it came from.
+            inputs = ["checkpoint" if manifest.has("checkpoint") else "onnx"]
             for artifact, path in (("bench_json", json_path), ("bench_report", md_path)):
-                manifest.add_artifact(artifact, path, kind="report", stage="bench", inputs=["checkpoint"])
+                manifest.add_artifact(artifact, path, kind="report", stage="bench", inputs=inputs)
             manifest.record_stage("bench", data["config"], metrics={"rows": len(data["results"])})
     return BenchResult(json_path=json_path, markdown_path=md_path, plot_path=plot_path, data=data)

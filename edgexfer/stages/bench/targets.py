@@ -10,22 +10,20 @@ from edgexfer.stages.bench.config import BenchConfig, BenchPlan, BenchTarget
 
 
 def reference_target(run_dir: Path, model: str = "") -> BenchTarget:
-    """The float reference of a run: its checkpoint, run by the reference backend."""
-    from edgexfer.backends.base import REFERENCE_BACKEND
-    from edgexfer.checkpoint import meta_from_payload, read_checkpoint_file
+    """The float reference of a run: its checkpoint, run by the reference backend. Without torch it is
+    the float ONNX model (:func:`edgexfer.reference.float_reference`), which only lends its model name
+    and preprocessing: the timed float rows are then the run's builds."""
     from edgexfer.manifest import Manifest
+    from edgexfer.reference import float_reference
 
-    manifest = Manifest.open(run_dir)
-    manifest.require("checkpoint")
-    path = manifest.path_of("checkpoint")
-    meta = meta_from_payload(read_checkpoint_file(path), str(path))
+    reference = float_reference(Manifest.open(run_dir))
     return BenchTarget(
-        model=model or meta.arch,
-        backend=REFERENCE_BACKEND,
+        model=model or reference.arch,
+        backend=reference.backend,
         precision="fp32",
-        path=path,
-        preprocess=meta.preprocess,
-        artifact="checkpoint",
+        path=reference.path,
+        preprocess=reference.preprocess,
+        artifact=reference.artifact,
     )
 
 
@@ -48,16 +46,17 @@ def run_plan(run_dir: Path, backends: List[str], config: BenchConfig) -> BenchPl
 
     reference = reference_target(run_dir)
     manifest = Manifest.open(run_dir)
-    targets = [reference] if REFERENCE_BACKEND in backends else []
+    builds = []
     for name, record in sorted(manifest.artifacts.items()):
         if record.stage != "build":
             continue
         backend, precision = artifact_target(name, record)
         if backend in backends and precision in config.precisions:
-            targets.append(build_target(run_dir, name, reference))
-    if len(targets) <= 1:
+            builds.append(build_target(run_dir, name, reference))
+    if not builds:  # the reference alone (or nothing, without torch) is no bench of this run
         raise ConfigError(
             f"run '{run_dir}' has no built artifacts to bench; build one first, e.g. "
             f"'edgexfer build {run_dir} --backend onnxruntime --precision int8'"
         )
-    return BenchPlan(targets)
+    timed_reference = reference.backend == REFERENCE_BACKEND and REFERENCE_BACKEND in backends
+    return BenchPlan(([reference] if timed_reference else []) + builds)

@@ -32,7 +32,9 @@ class ExportResult:
 def run_export(config: ExportConfig) -> ExportResult:
     """Export the run's checkpoint (float, optional uint8 variant, optional INT8 per target) and record it."""
     from edgexfer.checkpoint import load_checkpoint
+    from edgexfer.torchdeps import require_torch
 
+    require_torch("edgexfer export")  # the checkpoint is rebuilt in torch and exported by torch.onnx
     started = now_iso()
     manifest = Manifest.open(config.run_dir)
     if not manifest.has("checkpoint"):

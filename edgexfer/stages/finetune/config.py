@@ -11,6 +11,7 @@ from edgexfer.data import DataSpec, resolve_data_arg
 from edgexfer.errors import ConfigError
 from edgexfer.fsutil import sha256_json
 from edgexfer.models import STRATEGIES, check_model_name
+from edgexfer.torchdeps import require_torch
 from edgexfer.preprocess import AUGMENTATIONS
 from edgexfer.training.optim import OPTIMIZERS
 from edgexfer.training.runtime import AUTO_ON_OFF, DEVICES
@@ -92,6 +93,7 @@ class FinetuneConfig:
             raise ConfigError(f"patience must be >= 0 (0 disables early stopping), got {self.patience}")
         if self.patience == 0:
             object.__setattr__(self, "patience", None)
+        require_torch("edgexfer finetune")  # before the model name is checked against torchvision's zoo
         check_model_name(self.model)
         choices = (
             ("strategy", STRATEGIES),

@@ -10,6 +10,7 @@ from edgexfer.config import to_dict
 from edgexfer.manifest import Manifest, now_iso
 from edgexfer.stages.finetune.config import STAGE, FinetuneConfig, FinetuneResult
 from edgexfer.stages.finetune.inputs import Prepared, prepare
+from edgexfer.torchdeps import require_torch
 from edgexfer.training.checkpoints import RunCheckpoints
 from edgexfer.training.engines import EngineInputs, make_engine
 from edgexfer.training.report import plot_curves
@@ -20,6 +21,7 @@ from edgexfer.training.trainer import Trainer
 
 def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     """Fine-tune per ``config``; write checkpoints, metrics and plot; record them in the manifest."""
+    require_torch("edgexfer finetune")
     runtime = resolve_runtime(config.device, config.amp, config.channels_last)
     try:
         return FinetuneRun(config, runtime).run()
