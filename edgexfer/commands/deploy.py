@@ -81,12 +81,12 @@ def deploy(**_: Any) -> None:
     is not usable on a device.
     """
     from edgexfer.console import progress_enabled
-    from edgexfer.deploy.run import run_deploy
+    from edgexfer.deploy.run import deploy_outcome, run_deploy
 
     config = config_from_params(click.get_current_context().params, progress_enabled())
     results = run_deploy(config, say=lambda line: click.echo(line, err=True))
     _report(config, results)
-    error = _outcome(results)
+    error = deploy_outcome(results)
     if error is not None:
         raise error
 
@@ -113,18 +113,3 @@ def _report(config: Any, results: List[Any]) -> None:
     if answered:
         click.echo(f"outputs: {config.run_dir}/devices/<host>/ (verify/verify.json, bench/, doctor.json)")
         click.echo(f"next: edgexfer deploy {config.run_dir} --to HOST --max-drop 1   (gate CI on the device)")
-
-
-def _outcome(results: List[Any]) -> Optional[Exception]:
-    """The error deploy ends with: a device that failed (its own error), else a gate failure (exit 3)."""
-    from edgexfer.errors import ParityError
-
-    for result in results:
-        if result.error is not None:
-            return result.error
-    failed = [r for r in results if not r.verify["gate"]["passed"]]
-    if failed:
-        reasons = "; ".join(f"{r.target.host}: {f['artifact']}: {f['reason']}" for r in failed
-                            for f in r.verify["gate"]["failures"][:1])
-        return ParityError(f"parity gate failed on {len(failed)} device(s): {reasons}")
-    return None

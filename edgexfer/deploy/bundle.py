@@ -79,6 +79,9 @@ def make_bundle(run_dir: Path, backend: str, int8_source: Optional[str], data: O
     files: Dict[str, str] = {}
     for name in names:
         record = manifest.require(name)  # the hash check on this side: stale or changed files stop here
+        if Path(record.path).is_absolute():
+            raise ArtifactError(f"artifact '{name}' lies outside the run ({record.path}); deploy sends a run's own "
+                                "files: re-run the stage that made it")
         for relative, sha in [(record.path, record.sha256), *record.companions.items()]:
             _place(run_dir / relative, root / relative, sha)
             files[relative] = sha
@@ -86,7 +89,7 @@ def make_bundle(run_dir: Path, backend: str, int8_source: Optional[str], data: O
     images = 0
     if send_data:
         images = _stage_data(run_dir, root / DATA_DIR, class_names, data, limit, files)
-    trimmed = dict(manifest.data)
+    trimmed = {k: v for k, v in manifest.data.items() if k != "updated"}  # unchanged run: unchanged file
     trimmed["artifacts"] = {name: manifest.data["artifacts"][name] for name in names}
     trimmed["stages"] = {k: v for k, v in manifest.data.get("stages", {}).items() if k in KEPT_STAGES}
     files[MANIFEST_NAME] = _write_if_changed(root / MANIFEST_NAME, json.dumps(trimmed, indent=2, sort_keys=True))

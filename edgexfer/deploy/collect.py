@@ -41,6 +41,10 @@ def collect(config: Any, device: Any, result: Any, doctor: Dict[str, Any], bundl
                           f"{device.run_path}")
     os.replace(remote_manifest, staging / "device-manifest.json")
     atomic_write_json(staging / "doctor.json", doctor)
+    for name, rec in device_builds(staging).items():
+        relative = build_file(staging, rec)
+        if not (staging / relative).is_file():  # no sidecar (an ONNX Runtime build): its record stands for it
+            atomic_write_json(staging / relative, {"artifact": name, "device_manifest_record": rec})
     old = final.parent / f".{slug}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -53,13 +57,26 @@ def collect(config: Any, device: Any, result: Any, doctor: Dict[str, Any], bundl
     result.collected = record(config, device, result, final, bundle)
 
 
+def device_builds(folder: Path) -> Dict[str, Dict[str, Any]]:
+    """The build records of the device run's manifest (collected as device-manifest.json)."""
+    data = json.loads((folder / "device-manifest.json").read_text(encoding="utf-8"))
+    return {name: rec for name, rec in data.get("artifacts", {}).items() if rec.get("stage") == "build"}
+
+
+def build_file(folder: Path, rec: Dict[str, Any]) -> str:
+    """The collected file that stands for a device build (the engine itself stays on the device): its
+    sidecar ``build/x.json``, or for a build without one (ONNX Runtime) ``build/x.record.json``, the
+    device manifest's record of it, written by :func:`collect`."""
+    sidecar = Path(rec["path"]).with_suffix(".json").as_posix()
+    return sidecar if (folder / sidecar).is_file() else Path(rec["path"]).with_suffix(".record.json").as_posix()
+
+
 def record(config: Any, device: Any, result: Any, folder: Path, bundle: Any) -> Dict[str, str]:
     """Record every collected file as a ``deploy`` artifact (inputs: the models that were sent)."""
     from edgexfer.manifest import Manifest
 
     slug, target = device.target.slug, device.target
-    device_manifest = json.loads((folder / "device-manifest.json").read_text(encoding="utf-8"))
-    builds = {name: rec for name, rec in device_manifest.get("artifacts", {}).items() if rec.get("stage") == "build"}
+    builds = device_builds(folder)
     inputs = [name for name in bundle.artifacts if name.startswith("onnx")]
     where = {"host": target.host, "destination": target.destination, "remote_dir": target.remote_dir,
              "backend": result.backend}
@@ -75,11 +92,9 @@ def record(config: Any, device: Any, result: Any, folder: Path, bundle: Any) -> 
             entries.append(("bench" if path.suffix == ".json" else "bench_table", path.relative_to(folder).as_posix(),
                             "bench-json" if path.suffix == ".json" else "report"))
         for build_name, rec in sorted(builds.items()):
-            sidecar = Path(rec["path"]).with_suffix(".json").as_posix()
-            if (folder / sidecar).is_file():
-                extra = {**where, "device_artifact": rec.get("path"), "device_sha256": rec.get("sha256"),
-                         "device_size_bytes": rec.get("size_bytes"), **rec.get("extra", {})}
-                entries.append((build_name, sidecar, "device-build-sidecar", extra))
+            extra = {**where, "device_artifact": rec.get("path"), "device_sha256": rec.get("sha256"),
+                     "device_size_bytes": rec.get("size_bytes"), **rec.get("extra", {})}
+            entries.append((build_name, build_file(folder, rec), "device-build", extra))
         for entry in entries:
             key, relative, kind = entry[:3]
             extra = entry[3] if len(entry) > 3 else where

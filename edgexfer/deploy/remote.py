@@ -88,6 +88,10 @@ class Device:
         if done.code == 127 or (done.code == 126 and "python" in lowered):
             return DeviceError(f"{host}: no Python at '{self.python}' on the device; install python3 there or "
                                "pass --remote-python /path/to/venv/bin/python")
+        if "no module named edgexfer." in lowered or "no module named 'edgexfer." in lowered:
+            return DeviceError(f"{host}: the edgexfer of '{self.python}' on the device is older than this one (it "
+                               f"has no deploy support); upgrade it: ssh {host} '{self.python} -m pip install -U "
+                               "edgexfer'")
         if "no module named edgexfer" in lowered or "no module named 'edgexfer" in lowered:
             return DeviceError(f"{host}: edgexfer is not installed for '{self.python}' on the device; install it "
                                f"with: ssh {host} '{self.python} -m pip install edgexfer' (in a venv; on a Jetson "
