@@ -64,8 +64,8 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> Any:
 @click.option("--keep", is_flag=True, help="Keep the work run (engines, outputs) on the device.")
 @click.option("--purge", is_flag=True, help="Remove everything edgexfer sent, the bundle cache included (the next "
                                             "deploy sends it all again).")
-@click.option("--copy", type=click.Choice(["auto", "rsync", "scp"]), default="auto", show_default=True,
-              help="How files travel: rsync where both sides have it (auto), else scp.")
+@click.option("--copy", type=click.Choice(["auto", "rsync", "ssh"]), default="auto", show_default=True,
+              help="How files travel: rsync where both sides have it (auto), else a tar of what changed over ssh.")
 def deploy(**_: Any) -> None:
     """Send RUN's models to a device over SSH, build, verify and bench them there, and bring the verdict
     back into RUN/devices/<host>/ (recorded in the manifest).

@@ -3,7 +3,7 @@ bring their outputs back into the run directory (remote is transport, not a seco
 
 - :mod:`~edgexfer.deploy.target`: ``[user@]host[:dir]`` parsed and checked;
 - :mod:`~edgexfer.deploy.bundle`: what the device needs, staged as a small run directory with hashes;
-- :mod:`~edgexfer.deploy.transport`: the user's OpenSSH client, rsync (scp where rsync is missing);
+- :mod:`~edgexfer.deploy.transport`: the user's OpenSSH client and rsync (a tar over ssh without it);
 - :mod:`~edgexfer.deploy.device`: the few steps that run on the device (hash check, clean-up);
 - :mod:`~edgexfer.deploy.remote`: doctor / build / verify / bench on the device;
 - :mod:`~edgexfer.deploy.collect`: outputs back into ``RUN/devices/<host>/`` and the manifest.

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 from edgexfer.errors import ConfigError
 
-COPY_MODES = ("auto", "rsync", "scp")
+COPY_MODES = ("auto", "rsync", "ssh")
 # The backend a device gets when --backend is not given: the best it has (doctor says which are usable).
 BACKEND_PREFERENCE = ("tensorrt", "openvino", "onnxruntime")
 

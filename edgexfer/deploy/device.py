@@ -1,5 +1,5 @@
 """The steps of a deploy that run on the device, before and after the ordinary ``edgexfer`` commands:
-``python -m edgexfer.deploy.device probe|check|unpack|clean DIR``.
+``python -m edgexfer.deploy.device probe|hashes|receive|check|clean DIR``.
 
 Everything stays inside ``DIR`` (the folder named in ``--to HOST:DIR``):
 
@@ -58,7 +58,7 @@ def probe(root: Path) -> Dict[str, Any]:
 
 
 def hashes(root: Path) -> Dict[str, Any]:
-    """sha256 of every file already in ``root/bundle`` (the scp path sends only what differs)."""
+    """sha256 of every file already in ``root/bundle`` (without rsync, only what differs is sent)."""
     bundle = root / BUNDLE
     found = {}
     for path in sorted(bundle.rglob("*")) if bundle.is_dir() else []:
@@ -107,9 +107,19 @@ def check(root: Path) -> Dict[str, Any]:
                                                                           for r in files)}
 
 
+def receive(root: Path) -> Dict[str, Any]:
+    """Read a tar from standard input (a deploy without rsync streams it over ssh) into
+    ``root/.upload.tar`` (under a temporary name until complete), then :func:`unpack` it."""
+    partial = root / (UPLOAD + ".partial")
+    with open(partial, "wb") as out:
+        shutil.copyfileobj(sys.stdin.buffer, out)
+    os.replace(partial, root / UPLOAD)
+    return unpack(root)
+
+
 def unpack(root: Path) -> Dict[str, Any]:
-    """Move the files of ``root/.upload.tar`` (sent by scp) into the bundle, each under a temporary
-    name first; then drop bundle files the index no longer names."""
+    """Move the files of ``root/.upload.tar`` into the bundle, each under a temporary name first; then
+    drop bundle files the index no longer names."""
     archive = root / UPLOAD
     bundle = root / BUNDLE
     names = []
@@ -138,7 +148,7 @@ def unpack(root: Path) -> Dict[str, Any]:
 def clean(root: Path, everything: bool) -> Dict[str, Any]:
     """Remove the work run (and with ``everything`` the bundle and the folder, if then empty)."""
     removed = []
-    names = [RUN, ".run.partial", ".run.old"] + ([BUNDLE, UPLOAD] if everything else [])
+    names = [RUN, ".run.partial", ".run.old"] + ([BUNDLE, UPLOAD, UPLOAD + ".partial"] if everything else [])
     for name in names:
         path = root / name
         if path.is_dir():
@@ -153,9 +163,9 @@ def clean(root: Path, everything: bool) -> Dict[str, Any]:
 
 
 def main(argv: List[str]) -> int:
-    """``probe|hashes|check|unpack|clean DIR [--all]`` -> one JSON line, or one error line and exit 2."""
-    if len(argv) < 2 or argv[0] not in ("probe", "hashes", "check", "unpack", "clean"):
-        print("usage: python -m edgexfer.deploy.device probe|hashes|check|unpack|clean DIR [--all]", file=sys.stderr)
+    """``probe|hashes|receive|check|clean DIR [--all]`` -> one JSON line, or one error line and exit 2."""
+    if len(argv) < 2 or argv[0] not in ("probe", "hashes", "receive", "check", "clean"):
+        print("usage: python -m edgexfer.deploy.device probe|hashes|receive|check|clean DIR [--all]", file=sys.stderr)
         return 2
     command, root = argv[0], Path(argv[1])
     try:
@@ -165,8 +175,8 @@ def main(argv: List[str]) -> int:
             result = hashes(root)
         elif command == "check":
             result = check(root)
-        elif command == "unpack":
-            result = unpack(root)
+        elif command == "receive":
+            result = receive(root)
         else:
             result = clean(root, "--all" in argv[2:])
     except (BundleProblem, OSError, ValueError, KeyError, tarfile.TarError) as exc:

@@ -74,10 +74,10 @@ class Device:
             raise self._failure(done, what)
         return done
 
-    def helper(self, command: str, *extra: str) -> Dict[str, Any]:
+    def helper(self, command: str, *extra: str, stdin_file: Any = None) -> Dict[str, Any]:
         """``PY -m edgexfer.deploy.device COMMAND DIR``: its JSON answer."""
         done = self.ssh.run([self.python, "-m", "edgexfer.deploy.device", command, self.target.remote_dir, *extra],
-                            timeout=self.config.timeout_s)
+                            timeout=self.config.timeout_s, stdin_file=stdin_file)
         if done.code != 0:
             raise self._failure(done, command)
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -131,7 +131,7 @@ class Device:
                                       "there says why); install onnxruntime in its Python")
 
     def send(self, bundle: Any, free_bytes: int) -> Transfer:
-        """The bundle into ``DIR/bundle`` (rsync, or scp of what differs), checked there by hash."""
+        """The bundle into ``DIR/bundle`` (rsync, or a tar of what differs over ssh), checked there by hash."""
         if free_bytes < 2 * bundle.total_bytes:
             raise DeviceError(f"{self.target.host}: the device's disk is full for this deploy: "
                               f"{free_bytes / 1e6:.0f} MB free in {self.target.remote_dir}, the bundle and its "
@@ -140,7 +140,7 @@ class Device:
         if use_rsync:
             transfer = self.ssh.upload(bundle.root, f"{self.target.remote_dir}/bundle", self.config.progress)
         else:
-            transfer = self._scp(bundle)
+            transfer = self._stream(bundle)
         try:
             self.helper("check")
         except DeviceError as exc:
@@ -154,8 +154,10 @@ class Device:
             self.helper("check")
         return transfer
 
-    def _scp(self, bundle: Any) -> Transfer:
-        """scp where rsync is missing: one tar of the files whose hash differs there, unpacked by name."""
+    def _stream(self, bundle: Any) -> Transfer:
+        """Where rsync is missing: a tar of the files whose hash differs there, streamed into ssh's
+        standard input and unpacked there by name (scp's legacy protocol would pass the remote path
+        through the remote shell, and SFTP needs a subsystem many devices lack; this needs neither)."""
         import tarfile
         import tempfile
         from pathlib import Path
@@ -170,10 +172,9 @@ class Device:
             with tarfile.open(archive, "w") as tar:
                 for relative in changed:
                     tar.add(bundle.root / relative, arcname=relative)
-            self.ssh.scp_upload([archive], self.target.remote_dir)
+            self.helper("receive", stdin_file=archive)
             size = archive.stat().st_size
-        self.helper("unpack")
-        return Transfer("scp", size, len(changed), time.perf_counter() - started)
+        return Transfer("ssh", size, len(changed), time.perf_counter() - started)
 
     def build_verify_bench(self, backend: str, bundle: Any) -> None:
         """The ordinary commands, in the run made from the checked bundle."""

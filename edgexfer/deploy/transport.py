@@ -1,4 +1,4 @@
-"""The user's OpenSSH client (and rsync or scp) as the only way to reach a device.
+"""The user's OpenSSH client (and rsync where both sides have it) as the only way to reach a device.
 
 Everything runs as argv lists (never a local shell). ssh hands its command to the remote user's shell
 as one string, so every remote argument is passed through :func:`shlex.quote`: a run directory, host
@@ -39,7 +39,7 @@ class Completed:
 
 @dataclass
 class Transfer:
-    """What one upload did: the tool, bytes sent over the wire and files changed."""
+    """What one upload did: the tool (rsync, or ssh for a tar streamed over ssh), bytes sent, files changed."""
 
     tool: str
     bytes_sent: int
@@ -49,7 +49,7 @@ class Transfer:
 
 @dataclass
 class Ssh:
-    """ssh / rsync / scp to one device, with the user's configuration (``ssh_config`` is ``ssh -F``)."""
+    """ssh / rsync to one device, with the user's configuration (``ssh_config`` is ``ssh -F``)."""
 
     target: DeviceTarget
     ssh_config: Optional[str] = None
@@ -57,29 +57,33 @@ class Ssh:
     extra: List[str] = field(default_factory=list)
 
     def ssh_options(self) -> List[str]:
-        """Options every ssh (and rsync's / scp's ssh) gets: the config file, no prompts, a timeout."""
+        """Options every ssh (and the ssh rsync starts) gets: the config file, no prompts, a timeout."""
         options = ["-F", self.ssh_config] if self.ssh_config else []
         return options + ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}", *self.extra]
 
     def ssh_argv(self, remote_args: Sequence[str]) -> List[str]:
         """The local argv that runs ``remote_args`` on the device, each one quoted for its shell."""
-        return ["ssh", *self.ssh_options(), "--", self.target.destination, remote_command(remote_args)]
+        # ssh takes an IPv6 address bare; rsync wants it in brackets before ':path'
+        destination = self.target.destination.replace("[", "").replace("]", "")
+        return ["ssh", *self.ssh_options(), "--", destination, remote_command(remote_args)]
 
-    def run(self, remote_args: Sequence[str], timeout: Optional[float] = None) -> Completed:
-        """Run a command on the device. ssh's own failures (exit 255) raise :class:`DeviceError`;
-        the command's exit code is returned."""
+    def run(self, remote_args: Sequence[str], timeout: Optional[float] = None,
+            stdin_file: Optional[Path] = None) -> Completed:
+        """Run a command on the device (``stdin_file``: streamed to its standard input). ssh's own
+        failures (exit 255) raise :class:`DeviceError`; the command's exit code is returned."""
         try:
-            proc = subprocess.run(self.ssh_argv(remote_args), stdin=subprocess.DEVNULL, capture_output=True,
-                                  text=True, timeout=timeout, check=False)
+            with open(stdin_file, "rb") if stdin_file else open(os.devnull, "rb") as stdin:
+                proc = subprocess.run(self.ssh_argv(remote_args), stdin=stdin, capture_output=True, timeout=timeout,
+                                      check=False)
         except FileNotFoundError as exc:
             raise DeviceError("no 'ssh' client on this machine; install OpenSSH (apt-get install "
                               "openssh-client)") from exc
         except subprocess.TimeoutExpired as exc:
             raise DeviceError(f"{self.target.host}: no answer within {timeout:.0f} s to {remote_args[:3]}") from exc
-        stderr = proc.stderr or ""
+        stderr = proc.stderr.decode("utf-8", "replace")
         if proc.returncode == 255:
             raise ssh_failure(self.target.host, stderr)
-        return Completed(proc.returncode, proc.stdout or "", stderr)
+        return Completed(proc.returncode, proc.stdout.decode("utf-8", "replace"), stderr)
 
     # ---- files --------------------------------------------------------------------------------
     def has_rsync(self) -> bool:
@@ -122,7 +126,7 @@ class Ssh:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
         except FileNotFoundError as exc:
-            raise DeviceError("no 'rsync' on this machine; install it or use --copy scp") from exc
+            raise DeviceError("no 'rsync' on this machine; install it or use --copy ssh") from exc
         chunks = []
         assert proc.stdout is not None and proc.stderr is not None
         for chunk in iter(lambda: proc.stdout.read(256), ""):
@@ -135,16 +139,6 @@ class Ssh:
         if code != 0:
             raise copy_failure(self.target.host, stderr, code, "rsync")
         return "".join(chunks)
-
-    def scp_upload(self, files: Sequence[Path], remote_dir: str) -> None:
-        """Copy files (names edgexfer chose: no shell characters) into ``remote_dir`` with scp."""
-        if not files:
-            return
-        argv = ["scp", "-q", "-p", *self.ssh_options(), "--", *map(str, files),
-                f"{self.target.destination}:{remote_dir}/"]
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise copy_failure(self.target.host, proc.stderr, proc.returncode, "scp")
 
 
 def remote_command(args: Sequence[str]) -> str:
@@ -183,14 +177,14 @@ def ssh_failure(host: str, stderr: str) -> DeviceError:
 
 
 def copy_failure(host: str, stderr: str, code: int, tool: str) -> DeviceError:
-    """An rsync / scp failure as one line (a full disk named as such)."""
+    """An rsync failure as one line (a full disk named as such)."""
     if "no space left" in stderr.lower() or "disk quota" in stderr.lower():
         return DeviceError(f"{host}: the device's disk is full (no space left while copying); free some space "
                            "or choose another folder with --to HOST:DIR")
     if code == 255 or "connection" in stderr.lower() or "permission denied" in stderr.lower():
         return ssh_failure(host, stderr)
     if tool == "rsync" and code in (12, 127) and "command not found" in stderr.lower():
-        return DeviceError(f"{host}: rsync is not installed on the device; install it there or use --copy scp")
+        return DeviceError(f"{host}: rsync is not installed on the device; install it there or use --copy ssh")
     return DeviceError(f"{host}: {tool} failed (exit {code}): {_last_line(stderr)}")
 
 

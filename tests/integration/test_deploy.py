@@ -11,7 +11,7 @@ The backend is ONNX Runtime. What is caught:
   written outside the remote folder;
 - rsync deltas (the second deploy sends a few hundred bytes), a bundle file changed on the device
   behind rsync's back (same size and time) is noticed by hash and re-sent, the gate's exit 3 from the
-  device, ``--purge``; the scp path (no rsync) sending only what differs;
+  device, ``--purge``; the path without rsync (a tar over ssh) sending only what differs;
 - one-line errors for an unreachable host, a refused key, an unknown host key, no Python and no
   edgexfer on the device.
 """
@@ -143,8 +143,9 @@ def test_round_trip_quoting_delta_tamper_gate(server, device_python, hostile_run
     data[len(data) // 2] ^= 0xFF
     int8.write_bytes(bytes(data))
     os.utime(int8, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    code, out, err = deploy(hostile_run, f"device:{remote}", "--precision", "int8", "--no-bench", "--purge",
-                            "--min-agreement", "100", "--max-drop", "0", "--limit", "18", config=config, python=device_python)
+    gate = ("--min-agreement", "100", "--max-drop", "0", "--limit", "18")
+    code, out, err = deploy(hostile_run, f"device:{remote}", "--precision", "int8", "--no-bench", "--purge", *gate,
+                            config=config, python=device_python)
     assert "bundle differs on the device; re-sending by checksum" in err
     verify = json.loads((folder / "verify" / "verify.json").read_text())
     (entry,) = verify["artifacts"]
@@ -157,25 +158,52 @@ def test_round_trip_quoting_delta_tamper_gate(server, device_python, hostile_run
 
 
 @pytest.mark.slow
-def test_scp_sends_only_what_differs(server, device_python, hostile_run, tmp_path):
+def test_without_rsync_only_what_differs_is_sent(server, device_python, hostile_run, tmp_path):
     from edgexfer.deploy.config import DeployConfig
     from edgexfer.deploy.remote import BundleCache, Device
+    from edgexfer.errors import DeviceError
 
-    remote = tmp_path / "scp device; $(touch PWNED_SCP)"
+    remote = tmp_path / "ssh device; $(touch PWNED_SSH)"
     config = server.client_config("ssh_config_env")
-    code, out, err = deploy(hostile_run, f"device:{remote}", "--copy", "scp", "--precision", "int8", "--no-bench",
+    code, out, err = deploy(hostile_run, f"device:{remote}", "--copy", "ssh", "--precision", "int8", "--no-bench",
                             "--keep", config=None, python=device_python, env={"EDGEXFER_SSH_CONFIG": str(config)})
     assert code == 0, err
-    assert "by scp" in out and sent_bytes(out) > 1_000_000
+    assert "by ssh" in out and sent_bytes(out) > 1_000_000
     assert (remote / "run" / "build").is_dir()  # --keep: the work run stays
     # a second send: only the index travels (the device already has every file by hash)
     settings = DeployConfig(run_dir=hostile_run, targets=(f"device:{remote}",), backend="onnxruntime",
                             precisions=("int8",), remote_python=str(device_python), ssh_config=str(config),
-                            data=hostile_run.parent / "images", limit=9, copy="scp", progress=False)
+                            data=hostile_run.parent / "images", limit=9, copy="ssh", progress=False)
     device = Device(settings, settings.parsed_targets()[0], lambda line: None)
-    again = device.send(BundleCache(settings).get("onnxruntime"), free_bytes=10**12)
-    assert again.tool == "scp" and again.files_sent == 1 and again.bytes_sent < 100_000
+    bundle = BundleCache(settings).get("onnxruntime")
+    with pytest.raises(DeviceError, match="disk is full"):  # too little room (probe's free bytes): nothing sent
+        device.send(bundle, free_bytes=bundle.total_bytes)
+    again = device.send(bundle, free_bytes=10**12)
+    assert again.tool == "ssh" and again.files_sent == 1 and again.bytes_sent < 100_000
     assert injected(tmp_path, hostile_run.parent) == []
+
+
+@pytest.mark.slow
+def test_two_devices_in_parallel_make_a_matrix(server, device_python, hostile_run, tmp_path):
+    config = tmp_path / "two_devices"
+    config.write_text(server.client_config("a", alias="orin-a").read_text()
+                      + server.client_config("b", alias="orin-b").read_text())
+    argv = [sys.executable, "-m", "edgexfer", "deploy", str(hostile_run), "--to", f"orin-a:{tmp_path / 'a'}",
+            "--to", f"orin-b:{tmp_path / 'b b'}", "--remote-python", str(device_python), "--backend", "onnxruntime",
+            "--data", str(hostile_run.parent / "images"), "--limit", "9", "--precision", "int8", "--no-bench",
+            "--ssh-config", str(config)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("device  ") and "p99 ms" in line)
+    rows = lines[header + 1:header + 3]
+    assert sorted(row.split()[0] for row in rows) == ["orin-a", "orin-b"]
+    assert all("onnxruntime_int8" in row and row.rstrip().endswith("PASSED") for row in rows)
+    manifest = json.loads((hostile_run / "manifest.json").read_text())
+    for slug in ("orin-a", "orin-b"):
+        assert (hostile_run / "devices" / slug / "verify" / "verify.json").is_file()
+        assert manifest["stages"][f"deploy:{slug}"]["status"] == "done"
 
 
 def _error(run: Path, to: str, config: Path, python, *extra: str):
