@@ -711,7 +711,7 @@ def _deploy_cases() -> List[Case]:
         Case("deploy", "zero_limit", argv("deploy", run_copy, *to, "--limit", "0"), mentions=("limit", "got 0")),
         Case("deploy", "unreachable_host",
              argv("deploy", run_copy, *to, "--ssh-config", closed_port_ssh_config),
-             mentions=("device", "unreachable", "connection refused"), log_lines_ok=True),
+             mentions=("device", "unreachable", "connection refused")),
         Case("deploy", "copy_mode_unknown", argv("deploy", run_copy, *to, "--copy", "ftp"), expect="usage"),
     ]
 # fmt: on

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any, Dict, List, Optional, Tuple
 
 import click
@@ -40,8 +41,8 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> Any:
 @click.command("deploy")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=str))
 @click.option("--to", "to", multiple=True, metavar="[USER@]HOST[:DIR]",
-              help="Device to deploy to (an ssh host or alias; DIR default ~/edgexfer-deploy). Repeat for several "
-                   "devices, served in parallel.")
+              help="Device to deploy to (an ssh host or alias; DIR default ~/edgexfer-deploy/<run name>). "
+                   "Repeat for several devices, served in parallel.")
 @click.option("--backend", default=None, help="Backend on the device [default: the best it has: tensorrt, "
                                               "openvino, onnxruntime].")
 @click.option("--precision", multiple=True, help="Precisions to build there [default: fp32,int8].")
@@ -83,8 +84,10 @@ def deploy(**_: Any) -> None:
     from edgexfer.console import progress_enabled
     from edgexfer.deploy.run import deploy_outcome, run_deploy
 
-    config = config_from_params(click.get_current_context().params, progress_enabled())
-    results = run_deploy(config, say=lambda line: click.echo(line, err=True))
+    ctx = click.get_current_context()
+    config = config_from_params(ctx.params, progress_enabled())
+    quiet = bool((ctx.find_root().obj or {}).get("quiet"))
+    results = run_deploy(config, say=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)))
     _report(config, results)
     error = deploy_outcome(results)
     if error is not None:
@@ -111,5 +114,7 @@ def _report(config: Any, results: List[Any]) -> None:
             click.echo(line)
     answered = [r for r in results if r.verify is not None]
     if answered:
-        click.echo(f"outputs: {config.run_dir}/devices/<host>/ (verify/verify.json, bench/, doctor.json)")
-        click.echo(f"next: edgexfer deploy {config.run_dir} --to HOST --max-drop 1   (gate CI on the device)")
+        click.echo(f"outputs: {config.run_dir / 'devices'}/<host>/ (verify/verify.json, bench/, doctor.json)")
+        # quoted: the line is meant to be pasted into a shell
+        click.echo(f"next: edgexfer deploy {shlex.quote(str(config.run_dir))} --to HOST --max-drop 1   "
+                   "(gate CI on the device)")

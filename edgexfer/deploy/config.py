@@ -78,7 +78,19 @@ class DeployConfig:
             raise ConfigError("--keep and --purge contradict each other; choose one")
 
     def parsed_targets(self):
-        """The devices as :class:`~edgexfer.deploy.target.DeviceTarget`, in the order given."""
-        from edgexfer.deploy.target import parse_target
+        """The devices as :class:`~edgexfer.deploy.target.DeviceTarget`, in the order given. Without a
+        ``:DIR`` each run gets its own folder, ``~/edgexfer-deploy/<run name>``, so two runs deployed
+        to one device do not overwrite each other's bundle."""
+        import dataclasses
+        import re
 
-        return [parse_target(t) for t in self.targets]
+        from edgexfer.deploy.target import DEFAULT_REMOTE_DIR, parse_target
+
+        run_name = re.sub(r"[^A-Za-z0-9._-]+", "_", self.run_dir.resolve().name).strip("._") or "run"
+        targets = []
+        for text in self.targets:
+            target = parse_target(text)
+            if target.remote_dir == DEFAULT_REMOTE_DIR:
+                target = dataclasses.replace(target, remote_dir=f"{DEFAULT_REMOTE_DIR}/{run_name}")
+            targets.append(target)
+        return targets

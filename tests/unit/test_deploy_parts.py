@@ -137,3 +137,10 @@ def test_matrix_and_outcome():
     assert isinstance(gate, ParityError) and gate.exit_code == 3 and "nano: onnxruntime_int8" in str(gate)
     down = DeviceError("xavier: unreachable")
     assert deploy_outcome([_result("nano", "failed", 90.0), _result("xavier", error=down)]) is down
+
+
+def test_default_remote_folder_is_per_run(tmp_path):
+    from edgexfer.deploy.config import DeployConfig
+
+    config = DeployConfig(run_dir=tmp_path / "runs" / "r18 v2", targets=("orin", "me@nano:/data/x"))
+    assert [t.remote_dir for t in config.parsed_targets()] == ["edgexfer-deploy/r18_v2", "/data/x"]

@@ -97,9 +97,10 @@ def test_every_cli_option_is_a_yaml_key_that_reaches_the_config(tmp_path):
             checked.append(f"{stage}.{key}")
     # the options the review found unreachable from YAML are among them
     for name in ("finetune.patience", "finetune.workers", "export.no_shared_cache", "verify.bootstrap",
-                 "verify.no_plots", "bench.batch", "bench.e2e", "build.workspace_mb", "build.max_batch",
-                 "build.strongly_typed", "deploy.to", "deploy.remote_python", "deploy.keep"):
+                 "verify.plots", "bench.batch", "bench.e2e", "build.workspace_mb", "build.max_batch",
+                 "build.strongly_typed"):
         assert name in checked
+    assert {"deploy.to", "deploy.remote_python", "deploy.ssh_config", "deploy.keep"} <= set(checked)
 
 
 def test_patience_zero_disables_early_stopping_in_yaml_as_on_the_cli(tmp_path):
