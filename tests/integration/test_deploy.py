@@ -11,7 +11,8 @@ The backend is ONNX Runtime. What is caught:
   written outside the remote folder;
 - rsync deltas (the second deploy sends a few hundred bytes), a bundle file changed on the device
   behind rsync's back (same size and time) is noticed by hash and re-sent, the gate's exit 3 from the
-  device, ``--purge``; the path without rsync (a tar over ssh) sending only what differs;
+  device, ``--purge``; the path without rsync (a tar over ssh) sending only what differs, with
+  ``--device-data`` (images already on the device); two devices in parallel and the matrix;
 - one-line errors for an unreachable host, a refused key, an unknown host key, no Python and no
   edgexfer on the device.
 """
@@ -66,10 +67,11 @@ def hostile_run(tmp_path_factory) -> Path:
     return run
 
 
-def deploy(run: Path, to: str, *extra: str, config: Path, python: Path, env=None):
-    """``python -m edgexfer deploy`` as a real process: (exit code, stdout, stderr)."""
+def deploy(run: Path, to: str, *extra: str, config: Path, python: Path, env=None, data: str = "--data"):
+    """``python -m edgexfer deploy`` as a real process: (exit code, stdout, stderr). ``data``: the
+    option that names the images folder (``--device-data``: it is on the device, nothing is sent)."""
     argv = [sys.executable, "-m", "edgexfer", "deploy", str(run), "--to", to, "--remote-python", str(python),
-            "--backend", "onnxruntime", "--data", str(run.parent / "images"), "--limit", "9",
+            "--backend", "onnxruntime", data, str(run.parent / "images"), "--limit", "9",
             "--bench-min-time", "0.1", *extra]
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     if config is not None:
@@ -166,14 +168,18 @@ def test_without_rsync_only_what_differs_is_sent(server, device_python, hostile_
     remote = tmp_path / "ssh device; $(touch PWNED_SSH)"
     config = server.client_config("ssh_config_env")
     code, out, err = deploy(hostile_run, f"device:{remote}", "--copy", "ssh", "--precision", "int8", "--no-bench",
-                            "--keep", config=None, python=device_python, env={"EDGEXFER_SSH_CONFIG": str(config)})
+                            "--keep", config=None, python=device_python, env={"EDGEXFER_SSH_CONFIG": str(config)},
+                            data="--device-data")
     assert code == 0, err
     assert "by ssh" in out and sent_bytes(out) > 1_000_000
     assert (remote / "run" / "build").is_dir()  # --keep: the work run stays
+    assert not (remote / "bundle" / "data").exists()  # --device-data: the images were already there
+    verify = json.loads((hostile_run / "devices" / "device" / "verify" / "verify.json").read_text())
+    assert verify["dataset"]["num_images"] == 9
     # a second send: only the index travels (the device already has every file by hash)
     settings = DeployConfig(run_dir=hostile_run, targets=(f"device:{remote}",), backend="onnxruntime",
                             precisions=("int8",), remote_python=str(device_python), ssh_config=str(config),
-                            data=hostile_run.parent / "images", limit=9, copy="ssh", progress=False)
+                            device_data=str(hostile_run.parent / "images"), limit=9, copy="ssh", progress=False)
     device = Device(settings, settings.parsed_targets()[0], lambda line: None)
     bundle = BundleCache(settings).get("onnxruntime")
     with pytest.raises(DeviceError, match="disk is full"):  # too little room (probe's free bytes): nothing sent
