@@ -24,6 +24,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "predict": ("edgexfer.commands.predict", "predict", "Top-k predictions for images from any artifact."),
     "verify": ("edgexfer.commands.verify", "verify", "Accuracy parity and latency of every built artifact."),
     "bench": ("edgexfer.commands.bench", "bench", "Latency matrix: models x backends x precisions x batch."),
+    "deploy": ("edgexfer.commands.deploy", "deploy", "Build, verify and bench a run on devices over SSH."),
     "doctor": ("edgexfer.commands.doctor", "doctor", "What this machine has: libraries, backends, CPU, GPU."),
     "run": ("edgexfer.commands.run", "run", "Run the whole pipeline from a YAML config."),
     "demo": ("edgexfer.commands.run", "demo", "The offline demo on the embedded Fashion-MNIST data."),

@@ -42,6 +42,11 @@ class StaleArtifactError(ArtifactError):
     """An artifact whose hash no longer matches the manifest, or that was built for other hardware."""
 
 
+class DeviceError(EdgexferError):
+    """A remote device that cannot be used for a deploy: unreachable, key refused, host key unknown,
+    no Python or no edgexfer there, a full disk, or a command there that failed."""
+
+
 class BackendUnavailableError(EdgexferError):
     """A backend (TensorRT, OpenVINO, an execution provider) that this machine cannot run."""
 

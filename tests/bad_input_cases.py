@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 ERROR_PREFIX = "edgexfer: error:"
-STAGES = ("finetune", "export", "build", "predict", "verify", "bench", "run", "doctor")
+STAGES = ("finetune", "export", "build", "predict", "verify", "bench", "run", "doctor", "deploy")
 
 
 # ---- image and file writers ---------------------------------------------------------------------
@@ -675,10 +675,49 @@ def _doctor_cases() -> List[Case]:
         Case("doctor", "extra_argument", argv("doctor", "now"), expect="usage"),
         Case("doctor", "json_control", argv("doctor", "--json"), expect="accept", check=check_doctor_json),
     ]
+
+def closed_port_ssh_config(ws: Workspace) -> str:
+    """An ssh config (ssh -F) whose Host 'device' is 127.0.0.1 on a port nobody listens on."""
+    import socket
+
+    with socket.socket() as sock:  # a port just free: connecting to it is refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = ws.path("ssh_config")
+    path.write_text(f"Host device\n  HostName 127.0.0.1\n  Port {port}\n  UserKnownHostsFile {ws.path('kh')}\n",
+                    encoding="utf-8")
+    return str(path)
+
+
+def _deploy_cases() -> List[Case]:
+    to = ("--to", "device:/tmp/never-written")
+    return [
+        Case("deploy", "no_to", argv("deploy", run_copy), mentions=("at least one --to",)),
+        Case("deploy", "to_is_an_ssh_option", argv("deploy", run_copy, "--to", "-oProxyCommand=touch x"),
+             mentions=("-oProxyCommand", "not [user@]host")),
+        Case("deploy", "to_has_a_space", argv("deploy", run_copy, "--to", "my host"),
+             mentions=("my host", "not [user@]host")),
+        Case("deploy", "run_dir_missing", argv("deploy", at("nope"), *to), mentions=("nope", "does not exist")),
+        Case("deploy", "unknown_backend", argv("deploy", run_copy, *to, "--backend", "tflite"),
+             mentions=("tflite", "unknown backend")),
+        Case("deploy", "unknown_precision", argv("deploy", run_copy, *to, "--precision", "fp8"),
+             mentions=("fp8", "precision")),
+        Case("deploy", "keep_and_purge", argv("deploy", run_copy, *to, "--keep", "--purge"),
+             mentions=("--keep", "--purge")),
+        Case("deploy", "ssh_config_missing", argv("deploy", run_copy, *to, "--ssh-config", at("nope.conf")),
+             mentions=("--ssh-config", "nope.conf", "not a file")),
+        Case("deploy", "same_device_twice", argv("deploy", run_copy, "--to", "a", "--to", "me@a:x"),
+             mentions=("same device twice",)),
+        Case("deploy", "zero_limit", argv("deploy", run_copy, *to, "--limit", "0"), mentions=("limit", "got 0")),
+        Case("deploy", "unreachable_host",
+             argv("deploy", run_copy, *to, "--ssh-config", closed_port_ssh_config),
+             mentions=("device", "unreachable", "connection refused")),
+        Case("deploy", "copy_mode_unknown", argv("deploy", run_copy, *to, "--copy", "ftp"), expect="usage"),
+    ]
 # fmt: on
 
 
 CASES: List[Case] = [
     *_finetune_cases(), *_export_cases(), *_build_cases(), *_predict_cases(), *_verify_cases(),
-    *_bench_cases(), *_run_cases(), *_doctor_cases(),
+    *_bench_cases(), *_run_cases(), *_doctor_cases(), *_deploy_cases(),
 ]

@@ -15,9 +15,10 @@ if TYPE_CHECKING:
 def pipeline_stages() -> Dict[str, "StageSpec"]:
     """The stages a pipeline runs, in order, each with the command whose options are its step's keys
     (the pipeline itself imports no command: commands -> pipeline -> stages)."""
-    from edgexfer.commands import bench, build, export, finetune, verify
+    from edgexfer.commands import bench, build, deploy, export, finetune, verify
     from edgexfer.pipeline import StageSpec
     from edgexfer.bench_pipeline import run_bench
+    from edgexfer.deploy.run import run_deploy_checked
     from edgexfer.stages.build import run_build
     from edgexfer.stages.export import run_export
     from edgexfer.stages.finetune import run_finetune
@@ -29,6 +30,7 @@ def pipeline_stages() -> Dict[str, "StageSpec"]:
         "build": StageSpec(build.build, build.config_from_params, run_build, "run_dir"),
         "verify": StageSpec(verify.verify, verify.config_from_params, run_verify, "run_dir"),
         "bench": StageSpec(bench.bench, bench.config_from_params, run_bench, "run"),
+        "deploy": StageSpec(deploy.deploy, deploy.config_from_params, run_deploy_checked, "run_dir"),
     }
 
 
@@ -56,7 +58,7 @@ def _finish(result: Any, text: str, started: float) -> None:
 @click.command("run")
 @click.argument("pipeline_file", type=click.Path(path_type=Path))
 @click.option("--force", "force", multiple=True, metavar="STAGE",
-              help="Re-run this stage (finetune, export, build, verify, bench, or all) or step "
+              help="Re-run this stage (finetune, export, build, verify, bench, deploy, or all) or step "
                    "(build:onnxruntime_int8) even if unchanged.")
 @click.option("--dry-run", is_flag=True, help="Only say which stages would run and why.")
 @click.pass_context

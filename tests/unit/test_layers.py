@@ -62,8 +62,8 @@ def circles(graph: Dict[str, Set[str]]) -> List[List[str]]:
     return found
 
 
-# lower number = higher layer; everything not named here is the core (backends, quant, training, data ...)
-LAYERS = {"cli": 0, "__main__": 0, "commands": 0, "pipeline": 1, "bench_pipeline": 1, "stages": 2}
+# lower number = higher layer (deploy orchestrates like the pipeline); the rest is the core (backends, quant ...)
+LAYERS = {"cli": 0, "__main__": 0, "commands": 0, "pipeline": 1, "bench_pipeline": 1, "deploy": 1, "stages": 2}
 
 
 def wrong_way(graph: Dict[str, Set[str]]) -> List[str]:

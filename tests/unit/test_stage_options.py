@@ -22,12 +22,16 @@ VALUES: Dict[str, Dict[str, Any]] = {
               "opt_batch": 1, "max_batch": 16, "dla_core": 0},
     "verify": {"backends": ["openvino"], "artifact": ["onnxruntime_int8"], "min_agreement": 95.0},
     "bench": {"model": ["resnet18"], "backend": ["onnxruntime"], "precision": ["int8"], "batch": ["4"]},
+    "deploy": {"to": ["orin", "me@xavier:work"], "backend": "onnxruntime", "precision": ["int8"],
+               "ssh_config": __file__},
 }
 
 
 def _base(stage: str, key: str) -> Dict[str, Any]:
     """What the rest of the step needs for the option to be valid: a build option needs a backend that
     declares it (TensorRT's for --max-batch), as the backends declare them."""
+    if stage == "deploy":
+        return {"to": ["device"]}  # a deploy needs a device
     if stage != "build":
         return {}
     from edgexfer.backends.base import all_build_options
@@ -96,6 +100,7 @@ def test_every_cli_option_is_a_yaml_key_that_reaches_the_config(tmp_path):
                  "verify.plots", "bench.batch", "bench.e2e", "build.workspace_mb", "build.max_batch",
                  "build.strongly_typed"):
         assert name in checked
+    assert {"deploy.to", "deploy.remote_python", "deploy.ssh_config", "deploy.keep"} <= set(checked)
 
 
 def test_patience_zero_disables_early_stopping_in_yaml_as_on_the_cli(tmp_path):

@@ -1,0 +1,261 @@
+"""``edgexfer deploy`` against a real OpenSSH server (tests/sshd_server.py) on 127.0.0.1.
+
+The "device" is this machine: its Python is a wrapper around this interpreter with the project on
+PYTHONPATH (on a real device edgexfer is pip-installed; sshd passes no environment, hence the wrapper).
+The backend is ONNX Runtime. What is caught:
+
+- the round trip: models and a validation subset sent, checked by hash there, built, verified and
+  benched there, the outputs back in RUN/devices/<host>/ and recorded in the manifest with their hashes;
+- quoting: a run directory, remote folder and class names holding spaces, quotes, ';' and '$(...)'
+  are never run by a shell (a file the injection would create must not exist), and nothing is
+  written outside the remote folder;
+- rsync deltas (the second deploy sends a few hundred bytes), a bundle file changed on the device
+  behind rsync's back (same size and time) is noticed by hash and re-sent, the gate's exit 3 from the
+  device, ``--purge``; the path without rsync (a tar over ssh) sending only what differs, with
+  ``--device-data`` (images already on the device); two devices in parallel and the matrix;
+- one-line errors for an unreachable host, a refused key, an unknown host key, no Python and no
+  edgexfer on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sshd_server
+
+ROOT = Path(__file__).resolve().parents[2]
+WEIRD_CLASSES = {"it's": (200, 40, 40), "a b; $(touch PWNED_CLASS)": (40, 190, 60), 'x"y`z`': (40, 60, 200)}
+
+pytestmark = pytest.mark.skipif(sshd_server.available() is not None, reason=str(sshd_server.available()))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = sshd_server.start(tmp_path_factory.mktemp("sshd"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def device_python(tmp_path_factory) -> Path:
+    """The device's Python: this interpreter with the project on its path (sshd passes no environment)."""
+    path = tmp_path_factory.mktemp("device bin") / "python"
+    path.write_text(f'#!/bin/sh\nexport PYTHONPATH="{ROOT}"\nexport OMP_NUM_THREADS=1\nexec "{sys.executable}" "$@"\n',
+                    encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory) -> Path:
+    """An exported run (float + CPU INT8) whose folder and class names are shell injections."""
+    from conftest import make_image_folder, make_run_dir
+
+    from edgexfer.stages.export import ExportConfig, run_export
+
+    base = tmp_path_factory.mktemp("workstation")
+    run = make_run_dir(base / "my run; $(touch PWNED_RUN) 'q", class_names=list(WEIRD_CLASSES))
+    images = make_image_folder(base / "images", per_class=6, classes=WEIRD_CLASSES, seed=5)
+    run_export(ExportConfig(run_dir=run, progress=False, eval_data=images, eval_size=18, parity_images=8,
+                            calib=images, calib_size=18, calib_method="minmax", int8=True, target="cpu"))
+    return run
+
+
+def deploy(run: Path, to: str, *extra: str, config: Path, python: Path, env=None, data: str = "--data"):
+    """``python -m edgexfer deploy`` as a real process: (exit code, stdout, stderr). ``data``: the
+    option that names the images folder (``--device-data``: it is on the device, nothing is sent)."""
+    argv = [sys.executable, "-m", "edgexfer", "deploy", str(run), "--to", to, "--remote-python", str(python),
+            "--backend", "onnxruntime", data, str(run.parent / "images"), "--limit", "9",
+            "--bench-min-time", "0.1", *extra]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    if config is not None:
+        argv += ["--ssh-config", str(config)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=environment, cwd=str(run.parent), timeout=900,
+                          check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def sent_bytes(stdout: str) -> int:
+    line = next(line for line in stdout.splitlines() if line.startswith("device device ("))
+    return int(line.split("; ")[1].split(" bytes")[0])
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def injected(*roots: Path) -> list:
+    return [p for root in roots for p in root.rglob("PWNED*") if p.is_file()]
+
+
+@pytest.mark.slow
+def test_round_trip_quoting_delta_tamper_gate(server, device_python, hostile_run, tmp_path):
+    remote_parent = tmp_path / "device side"
+    remote_parent.mkdir()
+    remote = remote_parent / "dir $(touch PWNED_DIR); 'x\""
+    config = server.client_config("ssh_config")
+    code, out, err = deploy(hostile_run, f"device:{remote}", config=config, python=device_python)
+    assert code == 0, err
+    # the verdict table of a local verify, with the device named
+    assert "device device (onnxruntime; " in out and "by rsync" in out
+    assert "reference torch fp32" in out
+    assert any(line.strip().startswith("onnxruntime_int8") and "PASSED" in line for line in out.splitlines())
+    first = sent_bytes(out)
+    assert first > 1_000_000  # the models went over the wire
+    # outputs back in the run, recorded with their hashes
+    folder = hostile_run / "devices" / "device"
+    verify = json.loads((folder / "verify" / "verify.json").read_text())
+    assert {a["name"] for a in verify["artifacts"]} == {"onnxruntime_fp32", "onnxruntime_int8"}
+    assert verify["dataset"]["num_images"] == 9
+    doctor = json.loads((folder / "doctor.json").read_text())
+    assert any(b["name"] == "onnxruntime" and b["usable"] for b in doctor["backends"])
+    bench = json.loads((folder / "bench" / "device.json").read_text())
+    assert {r["backend"] for r in bench["results"] if r.get("status") == "ok"} == {"onnxruntime"}
+    manifest = json.loads((hostile_run / "manifest.json").read_text())
+    records = {k: v for k, v in manifest["artifacts"].items() if k.startswith("deploy_device_")}
+    assert {"deploy_device_verify", "deploy_device_doctor", "deploy_device_bench",
+            "deploy_device_onnxruntime_int8"} <= set(records)
+    for record in records.values():
+        assert record["sha256"] == sha256(hostile_run / record["path"])
+        assert record["inputs"]["onnx"] == manifest["artifacts"]["onnx"]["sha256"]
+    assert manifest["stages"]["deploy:device"]["metrics"]["bytes_sent"] == first
+    # nothing interpreted, nothing written outside the remote folder, the work run cleaned up
+    assert injected(hostile_run.parent, remote_parent, Path.home(), Path.cwd()) == []
+    assert [p.name for p in remote_parent.iterdir()] == [remote.name]
+    assert sorted(p.name for p in remote.iterdir()) == ["bundle"]
+    assert sorted(p.name for p in (remote / "bundle" / "data").iterdir()) == sorted(WEIRD_CLASSES)
+
+    # second deploy: rsync sends only what changed (nothing but rsync's own bookkeeping)
+    code, out, err = deploy(hostile_run, f"device:{remote}", "--precision", "int8", "--no-bench", config=config,
+                            python=device_python)
+    assert code == 0, err
+    assert sent_bytes(out) < first / 1000
+
+    # a bundle file changed on the device with size and mtime kept: rsync's quick check misses it, the
+    # hash check there does not; it is re-sent by checksum. Then the gate fails on the device: exit 3.
+    int8 = remote / "bundle" / manifest["artifacts"]["onnx_int8_cpu"]["path"]
+    stat = int8.stat()
+    data = bytearray(int8.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    int8.write_bytes(bytes(data))
+    os.utime(int8, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    gate = ("--min-agreement", "100", "--max-drop", "0", "--limit", "18")
+    code, out, err = deploy(hostile_run, f"device:{remote}", "--precision", "int8", "--no-bench", "--purge", *gate,
+                            config=config, python=device_python)
+    assert "bundle differs on the device; re-sending by checksum" in err
+    verify = json.loads((folder / "verify" / "verify.json").read_text())
+    (entry,) = verify["artifacts"]
+    assert entry["agreement"]["agreement_pct"] < 100  # this run's INT8 disagrees somewhere: the gate must fail
+    assert code == 3, err
+    assert err.strip().splitlines()[-1].startswith("edgexfer: error: parity gate failed on 1 device(s): device:")
+    assert "onnxruntime_int8       FAILED" in out
+    assert not remote.exists()  # --purge: everything edgexfer put there is gone
+    assert injected(hostile_run.parent, remote_parent) == []
+
+
+@pytest.mark.slow
+def test_without_rsync_only_what_differs_is_sent(server, device_python, hostile_run, tmp_path):
+    from edgexfer.deploy.config import DeployConfig
+    from edgexfer.deploy.remote import BundleCache, Device
+    from edgexfer.errors import DeviceError
+
+    remote = tmp_path / "ssh device; $(touch PWNED_SSH)"
+    config = server.client_config("ssh_config_env")
+    code, out, err = deploy(hostile_run, f"device:{remote}", "--copy", "ssh", "--precision", "int8", "--no-bench",
+                            "--keep", config=None, python=device_python, env={"EDGEXFER_SSH_CONFIG": str(config)},
+                            data="--device-data")
+    assert code == 0, err
+    assert "by ssh" in out and sent_bytes(out) > 1_000_000
+    assert (remote / "run" / "build").is_dir()  # --keep: the work run stays
+    assert not (remote / "bundle" / "data").exists()  # --device-data: the images were already there
+    verify = json.loads((hostile_run / "devices" / "device" / "verify" / "verify.json").read_text())
+    assert verify["dataset"]["num_images"] == 9
+    # a second send: only the index travels (the device already has every file by hash)
+    settings = DeployConfig(run_dir=hostile_run, targets=(f"device:{remote}",), backend="onnxruntime",
+                            precisions=("int8",), remote_python=str(device_python), ssh_config=str(config),
+                            device_data=str(hostile_run.parent / "images"), limit=9, copy="ssh", progress=False)
+    device = Device(settings, settings.parsed_targets()[0], lambda line: None)
+    bundle = BundleCache(settings).get("onnxruntime")
+    with pytest.raises(DeviceError, match="disk is full"):  # too little room (probe's free bytes): nothing sent
+        device.send(bundle, free_bytes=bundle.total_bytes)
+    again = device.send(bundle, free_bytes=10**12)
+    assert again.tool == "ssh" and again.files_sent == 1 and again.bytes_sent < 100_000
+    assert injected(tmp_path, hostile_run.parent) == []
+
+
+@pytest.mark.slow
+def test_two_devices_in_parallel_make_a_matrix(server, device_python, hostile_run, tmp_path):
+    config = tmp_path / "two_devices"
+    config.write_text(server.client_config("a", alias="orin-a").read_text()
+                      + server.client_config("b", alias="orin-b").read_text())
+    argv = [sys.executable, "-m", "edgexfer", "deploy", str(hostile_run), "--to", f"orin-a:{tmp_path / 'a'}",
+            "--to", f"orin-b:{tmp_path / 'b b'}", "--remote-python", str(device_python), "--backend", "onnxruntime",
+            "--data", str(hostile_run.parent / "images"), "--limit", "9", "--precision", "int8", "--no-bench",
+            "--ssh-config", str(config)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("device  ") and "p99 ms" in line)
+    rows = lines[header + 1:header + 3]
+    assert sorted(row.split()[0] for row in rows) == ["orin-a", "orin-b"]
+    assert all("onnxruntime_int8" in row and row.rstrip().endswith("PASSED") for row in rows)
+    manifest = json.loads((hostile_run / "manifest.json").read_text())
+    for slug in ("orin-a", "orin-b"):
+        assert (hostile_run / "devices" / slug / "verify" / "verify.json").is_file()
+        assert manifest["stages"][f"deploy:{slug}"]["status"] == "done"
+
+
+def _error(run: Path, to: str, config: Path, python, *extra: str):
+    code, out, err = deploy(run, to, *extra, config=config, python=python)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err
+    return code, lines[-1] if lines else ""
+
+
+@pytest.fixture(scope="module")
+def float_run(tmp_path_factory) -> Path:
+    """A run whose errors come before anything is built (float ONNX only)."""
+    from conftest import make_image_folder
+    from onnx_factory import exported_run
+
+    run = exported_run(tmp_path_factory.mktemp("errors") / "run", int8=False)
+    make_image_folder(run.parent / "images", per_class=3)
+    return run
+
+
+def test_unreachable_refused_key_unknown_host(server, device_python, float_run, tmp_path):
+    closed = server.client_config("closed", port=sshd_server.free_port())
+    code, line = _error(float_run, "device", closed, device_python)
+    assert code == 2 and "device: unreachable (connection refused)" in line, line
+
+    stranger = sshd_server.keygen(tmp_path / "stranger")
+    code, line = _error(float_run, "device", server.client_config("stranger", key=stranger), device_python)
+    assert code == 2 and "refused the key" in line and "ssh-copy-id" in line, line
+
+    empty = tmp_path / "known_hosts_empty"
+    empty.write_text("")
+    code, line = _error(float_run, "device", server.client_config("unknown", known_hosts=empty), device_python)
+    assert code == 2 and "host key not known" in line and "never turns host-key checking off" in line, line
+
+
+def test_no_python_no_edgexfer_on_device(server, device_python, float_run, tmp_path):
+    config = server.client_config("ssh_config")
+    code, line = _error(float_run, f"device:{tmp_path / 'r'}", config, "/nonexistent/bin/python3")
+    assert code == 2 and "no Python at '/nonexistent/bin/python3'" in line and "--remote-python" in line, line
+
+    bare = tmp_path / "bare python"  # Python without the project: -I ignores PYTHONPATH, -S site-packages
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "$@"\n')
+    bare.chmod(0o755)
+    probe = subprocess.run([str(bare), "-c", "import edgexfer"], capture_output=True, check=False)
+    if probe.returncode == 0:
+        pytest.skip("this interpreter has edgexfer installed even in isolated mode")
+    code, line = _error(float_run, f"device:{tmp_path / 'r'}", config, bare)
+    assert code == 2 and "edgexfer is not installed" in line and "pip install edgexfer" in line, line
+    assert not (tmp_path / "r" / "bundle" / "BUNDLE.json").exists()  # nothing sent to an unusable device
