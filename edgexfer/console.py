@@ -21,3 +21,11 @@ def progress_enabled() -> bool:
             return False
     stream = sys.stderr
     return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def shell_arg(value: object) -> str:
+    """``value`` quoted for a POSIX shell, for the "next:" lines users paste (a run directory may hold
+    spaces, quotes or ``$(...)``)."""
+    import shlex
+
+    return shlex.quote(str(value))

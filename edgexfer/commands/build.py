@@ -12,6 +12,8 @@ from typing import Any, Callable, Dict
 
 import click
 
+from edgexfer.console import shell_arg
+
 from edgexfer.backends.base import BACKENDS, PRECISIONS, REFERENCE_BACKEND, BuildOption, all_build_options
 from edgexfer.stages.build import BuildConfig
 
@@ -119,6 +121,6 @@ def build(**_: Any) -> None:
     click.echo(f"built {outcome.name} from {outcome.source} in {outcome.seconds:.1f}s{smoke_line}")
     click.echo(f"artifact: {outcome.path}")
     click.echo(
-        f"next: edgexfer verify {config.run_dir}   "
-        f"(or: edgexfer predict {config.run_dir} --artifact {outcome.name} IMAGE)"
+        f"next: edgexfer verify {shell_arg(config.run_dir)}   "
+        f"(or: edgexfer predict {shell_arg(config.run_dir)} --artifact {outcome.name} IMAGE)"
     )

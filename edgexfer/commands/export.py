@@ -13,6 +13,8 @@ from typing import Any, Dict
 
 import click
 
+from edgexfer.console import shell_arg
+
 from edgexfer.backends.trt_compat import TRT8_MAX_OPSET
 from edgexfer.quant.ranges import METHOD_CHOICES
 from edgexfer.stages.export.config import MAX_OPSET, MIN_OPSET, TARGET_CHOICES, UINT8_LAYOUTS, ExportConfig
@@ -149,7 +151,7 @@ def export(**_: Any) -> None:
         click.echo(f"{name:<20} {path}  [{_detail(result.metrics[name])}]")
     click.echo(f"manifest: {config.run_dir / 'manifest.json'}")
     precision = "int8" if config.int8 else "fp32"
-    click.echo(f"next: edgexfer build {config.run_dir} --backend onnxruntime --precision {precision}")
+    click.echo(f"next: edgexfer build {shell_arg(config.run_dir)} --backend onnxruntime --precision {precision}")
 
 
 def _detail(metrics: Dict[str, Any]) -> str:

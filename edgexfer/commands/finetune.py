@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Dict
 
 import click
 
+from edgexfer.console import shell_arg
+
 from edgexfer.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -155,7 +157,7 @@ def finetune(**params: Any) -> None:
     click.echo(f"checkpoint: {result.checkpoint}")
     click.echo(f"metrics:    {result.metrics_path}")
     click.echo(f"curves:     {result.plot_path}")
-    click.echo(f"next: edgexfer export {result.run_dir} --int8 --target all")
+    click.echo(f"next: edgexfer export {shell_arg(result.run_dir)} --int8 --target all")
 
 
 def config_from_params(params: Dict[str, Any], progress: bool) -> "FinetuneConfig":

@@ -6,6 +6,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import click
 
+from edgexfer.console import shell_arg
+
 
 def _split(values: Optional[Tuple[str, ...]]) -> Optional[Tuple[str, ...]]:
     """Repeatable and comma-separated option values as one tuple (None when not given)."""
@@ -108,7 +110,8 @@ def verify(**_: Any) -> None:
         raise error
     click.echo(f"verify.json: {result.json_path}")
     click.echo(f"report:      {result.report_path}")
-    click.echo(f"next: edgexfer predict {config.run_dir} IMAGE   (or edgexfer bench --run {config.run_dir})")
+    run_dir = shell_arg(config.run_dir)
+    click.echo(f"next: edgexfer predict {run_dir} IMAGE   (or edgexfer bench --run {run_dir})")
 
 
 def _print_summary(data: dict) -> None:
