@@ -159,6 +159,7 @@ def _detail(metrics: Dict[str, Any]) -> str:
             f"{metrics['calib_method']}, top-1 {metrics['float_top1']:.2f} -> {metrics['int8_top1']:.2f} "
             f"(drop {metrics['drop']:.2f}) on {metrics['eval_images']} held-out images"
             + (f", {len(metrics['excluded_nodes'])} layer(s) in float" if metrics["excluded_nodes"] else "")
+            + ("; INCONCLUSIVE: the float model is at chance here" if metrics.get("verdict") == "inconclusive" else "")
         )
     return (
         f"max abs diff {metrics['max_abs_diff']:.2e}, top-1 agreement "
