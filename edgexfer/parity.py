@@ -149,7 +149,7 @@ class Gates:
         with its ``latency``; the ``reference`` block with its own)."""
         accuracy = entry["accuracy"]
         drops = [(-d, i) for i, d in enumerate(entry["per_class"]["delta"]) if d is not None]
-        worst, index = max(drops) if drops else (None, None)
+        worst, index = max(drops, key=lambda pair: pair[0]) if drops else (None, None)  # ties: first class
         latency = entry.get("latency") or {}
         p50, ref_p50 = latency.get("p50_ms"), _torch_p50(reference)
         return {
@@ -234,7 +234,7 @@ def gate_reasons(entry: Dict[str, Any], max_drop: Optional[float], min_agreement
 # model collapsed onto one class scores exactly that class's share. The reference is "better than
 # chance" when the lower bound of the Wilson interval of its top-1 (at the verify confidence, 95% by
 # default: a one-sided test at 2.5%) is above chance. No margin is added: the interval already is the
-# margin, and it widens as the data shrinks (8 images of 10 classes need >= 3 right, 300 need >= 14%).
+# margin, and it widens as the data shrinks (with 10 balanced classes, 3 of 8 images right, or 41 of 300).
 @dataclass(frozen=True)
 class ChanceCheck:
     """The reference's top-1 on labelled images against chance level (percent), with its interval."""
