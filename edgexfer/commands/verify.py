@@ -168,7 +168,7 @@ def _print_summary(data: dict) -> None:
             f"(drop {acc['top1_drop']:+.2f}, CI {low:+.2f}..{high:+.2f}), agreement "
             f"{entry['agreement']['agreement_pct']:.1f}%{p50}"
         )
-        for reason in entry["gate"]["reasons"]:
+        for reason in entry.get("gate", {}).get("reasons", []):
             click.echo(f"    gate: {reason}")
     verdict = data.get("verdict", {})
     if verdict.get("status") == "inconclusive":
