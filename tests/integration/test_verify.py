@@ -394,7 +394,7 @@ def test_verify_skips_an_engine_this_machine_cannot_run(built_run, cli_runner):
     data = json.loads((built_run / "verify" / "verify.json").read_text())
     entries = {e["name"]: e for e in data["artifacts"]}
     assert entries["tensorrt_fp16"]["status"] == "skipped" and "tensorrt" in entries["tensorrt_fp16"]["error"]
-    assert data["summary"] == {"passed": 2, "failed": 0, "error": 0, "skipped": 1}
+    assert data["summary"] == {"passed": 2, "failed": 0, "inconclusive": 0, "error": 0, "skipped": 1}
     # Asked for explicitly, an unavailable backend is exit 4 with one line.
     code, out, err = cli_runner(
         "-q", "verify", str(built_run), "--backends", "tensorrt", "--no-latency", *FAST
