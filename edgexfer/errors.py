@@ -6,6 +6,7 @@ Exit codes (documented in the README):
     2  bad input: a path, option, image, config or artifact that is not what it must be
     3  a parity/accuracy gate failed (verify --max-drop, export --max-drop)
     4  a backend or runtime is not available on this machine
+    5  a verdict that cannot be given: verify's float reference is not better than chance on the data
     130 interrupted (Ctrl-C); the last good artifacts are intact
 """
 
@@ -57,3 +58,11 @@ class ParityError(EdgexferError):
     """An accuracy or parity gate failed; CI can gate on the distinct exit code."""
 
     exit_code = 3
+
+
+class InconclusiveError(EdgexferError):
+    """Nothing failed, but nothing was shown either: the float reference a parity check compares with is
+    not better than chance on the evaluation data, so agreement with it proves nothing (verify's
+    INCONCLUSIVE verdict). Its own exit code, so CI never reads it as a pass or as a gate failure."""
+
+    exit_code = 5

@@ -171,6 +171,27 @@ def bootstrap_drop_ci(
     )
 
 
+def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> "tuple[float, float]":
+    """Wilson score interval (fractions, 0-1) for a binomial proportion ``successes / total``.
+
+    Chosen over the normal (Wald) interval because it keeps its coverage for small ``total`` and for
+    proportions near 0 or 1 (a few hundred images, accuracies near 100% or near chance), and over a
+    bootstrap because it is closed-form and deterministic.
+    """
+    if total < 1 or not 0 <= successes <= total:
+        raise ConfigError(f"need 0 <= successes <= total and total >= 1, got {successes} of {total}")
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence must be between 0 and 1, got {confidence}")
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + confidence / 2.0))
+    p, n = successes / total, float(total)
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2.0 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 @dataclass(frozen=True)
 class McNemarResult:
     """McNemar's test: ``only_ref`` = reference right and candidate wrong, ``only_other`` the reverse."""

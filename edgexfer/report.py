@@ -13,7 +13,11 @@ from typing import Any, Dict, List, Optional
 
 from edgexfer.reference import reference_label
 
-STATUS_MARK = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIPPED"}
+STATUS_MARK = {"passed": "PASS", "failed": "FAIL", "inconclusive": "INCONCLUSIVE", "error": "ERROR",
+               "skipped": "SKIPPED"}
+# The verdict's words (verify.json ``verdict.status``); older files without it have only gate.passed.
+VERDICT_WORD = {"passed": "PASSED", "failed": "FAILED", "inconclusive": "INCONCLUSIVE", "error": "FAILED",
+                "skipped": "FAILED"}
 
 
 def _fmt(value: Optional[float], digits: int = 2, suffix: str = "") -> str:
@@ -48,15 +52,15 @@ def verify_markdown(data: Dict[str, Any]) -> str:
 
 
 def _verdict(data: Dict[str, Any]) -> List[str]:
-    """The verdict line with the gate's rules, one line per failure, error and skip, and the data set."""
+    """The verdict line with the gate's rules, why it is inconclusive, one line per failure, error and
+    skip, and the data set with the reference's accuracy against chance."""
     gate, ref, dataset = data["gate"], data["reference"], data["dataset"]
-    rules = []
-    if gate.get("max_drop") is not None:
-        rules.append(f"top-1 drop <= {gate['max_drop']:g} pts")
-    if gate.get("min_agreement") is not None:
-        rules.append(f"agreement >= {gate['min_agreement']:g}%")
-    verdict = "PASSED" if gate["passed"] else "FAILED"
-    lines = [f"**Verdict: {verdict}** ({'; '.join(rules) if rules else 'no gate set'})", ""]
+    rules = _gate_rules(gate)
+    status = (data.get("verdict") or {}).get("status") or ("passed" if gate["passed"] else "failed")
+    lines = [f"**Verdict: {VERDICT_WORD[status]}** ({'; '.join(rules) if rules else 'no gate set'})", ""]
+    if status == "inconclusive":
+        lines += [f"Not a pass: {data['verdict']['reason']}. Verify a trained model, or on data it was "
+                  "trained for.", ""]
     lines += [f"- FAIL `{failure['artifact']}`: {failure['reason']}" for failure in gate.get("failures", [])]
     lines += [f"- ERROR `{error['artifact']}`: {error['reason']}" for error in gate.get("errors", [])]
     lines += [f"- SKIPPED `{e['name']}`: {e['error']}" for e in data["artifacts"] if e["status"] == "skipped"]
@@ -64,10 +68,38 @@ def _verdict(data: Dict[str, Any]) -> List[str]:
         "",
         f"Data: {dataset['source']}, {dataset['num_images']} images, "
         f"{len(dataset['class_names'])} classes. Reference: {ref.get('source') or reference_label(ref)} "
-        f"{ref.get('precision', 'fp32')} (top-1 {_fmt(ref['top1'])}%, top-{ref['top5_k']} {_fmt(ref['top5'])}%).",
+        f"{ref.get('precision', 'fp32')} (top-1 {_fmt(ref['top1'])}%, top-{ref['top5_k']} {_fmt(ref['top5'])}%)"
+        + _chance_note(ref.get("chance"))
+        + ".",
         "",
     ] + ([f"Note: {ref['note']}.", ""] if ref.get("note") else [])
 
+
+
+def _gate_rules(gate: Dict[str, Any]) -> List[str]:
+    """The gates that were set, as rules (``gate`` of verify.json)."""
+    rules = []
+    if gate.get("max_drop") is not None:
+        on_ci = gate.get("gate_on") == "ci"
+        rules.append(f"top-1 drop{' (CI upper bound)' if on_ci else ''} <= {gate['max_drop']:g} pts")
+    if gate.get("min_agreement") is not None:
+        rules.append(f"agreement >= {gate['min_agreement']:g}%")
+    if gate.get("max_class_drop") is not None:
+        rules.append(f"worst per-class top-1 drop <= {gate['max_class_drop']:g} pts")
+    if gate.get("max_p99_ms") is not None:
+        rules.append(f"p99 latency <= {gate['max_p99_ms']:g} ms")
+    if gate.get("min_speedup") is not None:
+        rules.append(f"speed-up over torch fp32 >= {gate['min_speedup']:g}x")
+    return rules
+
+
+def _chance_note(chance: Optional[Dict[str, Any]]) -> str:
+    """`` ; 95% CI a..b%, chance c%: better than chance`` (or ``not``) for the reference line."""
+    if not chance:
+        return ""
+    judged = "better than chance" if chance["above_chance"] else "NOT better than chance"
+    return (f"; {100 * chance['confidence']:.0f}% CI {_fmt(chance['top1_low'])}..{_fmt(chance['top1_high'])}%, "
+            f"chance {_fmt(chance['chance'])}%: {judged}")
 
 
 def _accuracy_table(data: Dict[str, Any]) -> List[str]:
@@ -116,15 +148,19 @@ def _verify_latency_table(data: Dict[str, Any]) -> List[str]:
     lines = [
         "## Latency (after warm-up)",
         "",
-        "| model | batch | p50 ms | p90 ms | p99 ms | IQR ms | images/s | runs |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | batch | p50 ms | p90 ms | p99 ms | IQR ms | images/s | runs | speed-up vs torch |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    ref_p50 = (data["reference"].get("latency") or {}).get("p50_ms")
+    if data["reference"].get("backend", "torch") != "torch":
+        ref_p50 = None
     for name, lat in rows:
         if lat:
+            speedup = _fmt(ref_p50 / lat["p50_ms"], 2, "x") if ref_p50 and lat["p50_ms"] else "-"
             lines.append(
                 f"| {name} | {lat['batch_size']} | {_fmt(lat['p50_ms'])} | {_fmt(lat['p90_ms'])} | "
                 f"{_fmt(lat['p99_ms'])} | {_fmt(lat['iqr_ms'])} | {_fmt(lat['throughput_ips'], 1)} | "
-                f"{lat['n']} |"
+                f"{lat['n']} | {speedup} |"
             )
     if ref.get("backend", "torch") != "torch":  # no torch eager row: say why rather than leave it out silently
         why = ref.get("note") or f"the reference ran on {ref['backend']}"

@@ -575,6 +575,15 @@ def _verify_cases() -> List[Case]:
              mentions=("agreement", "150")),
         Case("verify", "max_drop_not_a_number", argv("verify", run_copy, "--max-drop", "lots"),
              expect="usage"),
+        Case("verify", "gate_on_unknown", argv("verify", run_copy, "--gate-on", "mean"), expect="usage"),
+        Case("verify", "gate_on_ci_without_max_drop", argv("verify", run_copy, "--gate-on", "ci"),
+             mentions=("--gate-on ci", "--max-drop")),
+        Case("verify", "negative_max_class_drop", argv("verify", run_copy, "--max-class-drop", "-1"),
+             mentions=("--max-class-drop", "-1")),
+        Case("verify", "zero_max_p99_ms", argv("verify", run_copy, "--max-p99-ms", "0"),
+             mentions=("--max-p99-ms", "positive")),
+        Case("verify", "min_speedup_without_latency", argv("verify", run_copy, "--min-speedup", "2", "--no-latency"),
+             mentions=("--min-speedup", "--no-latency")),
     ]
 
 

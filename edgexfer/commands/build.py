@@ -118,6 +118,8 @@ def build(**_: Any) -> None:
             f"; smoke check on {outcome.smoke['images']} images: logit cosine "
             f"{outcome.smoke['mean_cosine']:.4f}, top-1 agreement {outcome.smoke['top1_agreement']:.0%}"
         )
+        if outcome.smoke.get("verdict") == "inconclusive":
+            smoke_line += " (inconclusive: the float model is at chance on these images)"
     click.echo(f"built {outcome.name} from {outcome.source} in {outcome.seconds:.1f}s{smoke_line}")
     click.echo(f"artifact: {outcome.path}")
     click.echo(

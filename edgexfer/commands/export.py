@@ -167,6 +167,7 @@ def _detail(metrics: Dict[str, Any]) -> str:
                 else ""
             )
             + (f", scored on {metrics['scored_on']}" if metrics.get("scored_on") else "")
+            + ("; INCONCLUSIVE: the float model is at chance here" if metrics.get("verdict") == "inconclusive" else "")
         )
     return (
         f"max abs diff {metrics['max_abs_diff']:.2e}, top-1 agreement "

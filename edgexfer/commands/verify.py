@@ -31,6 +31,10 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> Any:
         artifacts=_split(params["artifact"]),
         max_drop=params["max_drop"],
         min_agreement=params["min_agreement"],
+        gate_on=params["gate_on"],
+        max_class_drop=params["max_class_drop"],
+        max_p99_ms=params["max_p99_ms"],
+        min_speedup=params["min_speedup"],
         batch_size=params["batch_size"],
         limit=params["limit"],
         bootstrap_resamples=params["bootstrap"],
@@ -69,6 +73,31 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> Any:
     default=None,
     help="Gate: fail (exit 3) when fewer than PCT % of predictions agree with the float model.",
 )
+@click.option(
+    "--gate-on",
+    type=click.Choice(["point", "ci"]),
+    default="point",
+    show_default=True,
+    help="What --max-drop is compared with: the measured drop (point), or the upper bound of its 95% CI (ci).",
+)
+@click.option(
+    "--max-class-drop",
+    type=float,
+    default=None,
+    help="Gate: fail (exit 3) when any class's top-1 is more than PTS points below the float model's.",
+)
+@click.option(
+    "--max-p99-ms",
+    type=float,
+    default=None,
+    help="Gate: fail (exit 3) when an artifact's p99 latency (at --latency-batch) is above MS milliseconds.",
+)
+@click.option(
+    "--min-speedup",
+    type=float,
+    default=None,
+    help="Gate: fail (exit 3) when an artifact's p50 is less than X times faster than the torch float model.",
+)
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per inference call.")
 @click.option("--limit", type=int, default=None, help="Use at most N images (evenly spaced).")
 @click.option(
@@ -93,7 +122,9 @@ def verify(**_: Any) -> None:
     latency of every built artifact of RUN_DIR against the torch float model.
 
     \b
-    Exit codes: 0 all passed; 3 an artifact failed the --max-drop / --min-agreement gate;
+    Exit codes: 0 all passed; 3 an artifact failed a gate (--max-drop, --min-agreement,
+    --max-class-drop, --max-p99-ms, --min-speedup); 5 INCONCLUSIVE: the float model is not better than
+    chance on the data, so agreement with it proves nothing (never reported as a pass);
     2 bad input, or an artifact that could not be loaded (the report is still written);
     4 a backend named in --backends is not available here.
     """
@@ -115,13 +146,19 @@ def verify(**_: Any) -> None:
 
 
 def _print_summary(data: dict) -> None:
-    """One line per artifact: status, top-1, drop with CI, agreement, p50 latency."""
+    """The reference against chance, then one line per artifact: status, top-1, drop with CI,
+    agreement, p50 latency (and why a gate failed or the verdict is inconclusive)."""
     from edgexfer.reference import reference_label
 
     ref = data["reference"]
+    chance = ref.get("chance")
+    versus = ""
+    if chance:
+        versus = (f" ({100 * chance['confidence']:.0f}% CI {chance['top1_low']:.2f}..{chance['top1_high']:.2f}%, "
+                  f"chance {chance['chance']:.2f}%)")
     click.echo(
         f"reference {reference_label(ref)} {ref['precision']}: top-1 {ref['top1']:.2f}% "
-        f"on {data['dataset']['num_images']} images"
+        f"on {data['dataset']['num_images']} images{versus}"
     )
     if ref.get("note"):  # not the checkpoint (no torch here): say what was compared with and why
         click.echo(f"  ({ref['note']})")
@@ -139,3 +176,8 @@ def _print_summary(data: dict) -> None:
             f"{entry['agreement']['agreement_pct']:.1f}%{p50}"
             + (f"  [on {entry['backend']}, stand-in for {entry['stand_in_for']}]" if entry.get("stand_in_for") else "")
         )
+        for reason in entry.get("gate", {}).get("reasons", []):
+            click.echo(f"    gate: {reason}")
+    verdict = data.get("verdict", {})
+    if verdict.get("status") == "inconclusive":
+        click.echo(f"verdict: INCONCLUSIVE ({verdict['reason']})")

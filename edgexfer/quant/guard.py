@@ -5,7 +5,9 @@
    float model's (:func:`edgexfer.compare.compare_logits`: top-1 agreement, logit SNR breaks ties);
 2. the accuracy guard: when the top-1 drop against float exceeds ``max_drop``, the layers with the
    worst quantization SQNR (:mod:`edgexfer.quant.sensitivity`) are kept in float, a few more at each
-   step, until the drop is in budget (or :class:`ParityError` when ``max_fallback`` layers are not enough).
+   step, until the drop is in budget (or :class:`ParityError` when ``max_fallback`` layers are not enough);
+3. a float model that is not better than chance on the held-out labels (:func:`edgexfer.parity.chance_check`)
+   makes agreement and drop meaningless: one warning, and ``verdict: inconclusive`` in the metrics.
 
 Candidates are run by a *judge* (:mod:`edgexfer.backends.int8_judge`): the runtime that ships the
 target's model where it is usable here (TensorRT engines for ``tensorrt``, where the layers the guard
@@ -27,6 +29,7 @@ import numpy as np
 from edgexfer.compare import compare_logits
 from edgexfer.errors import ParityError
 from edgexfer.metrics import topk_accuracy
+from edgexfer.parity import chance_check
 from edgexfer.quant import rules, sensitivity
 from edgexfer.quant.graph import default_opset
 from edgexfer.quant.ort_quantize import quantize_with_ranges
@@ -116,6 +119,9 @@ def quantize_target(job: QuantizeJob, recipe: QuantRecipe, judge: Any = None) ->
     None)."""
     target = recipe.target
     float_top1 = topk_accuracy(job.float_logits, job.eval_labels, 1)
+    chance = chance_check(job.float_logits, job.eval_labels)
+    if not chance.above_chance:
+        log.warning("INT8 (%s) inconclusive: %s (the accuracy guard cannot judge it either)", target, chance.reason)
     started = time.perf_counter()
     # several methods are compared on the first ``auto_images`` of the slice (enough to rank them; INT8
     # models with symmetric activations run slowly on CPU), the kept one is then scored on all of it
@@ -148,6 +154,8 @@ def quantize_target(job: QuantizeJob, recipe: QuantRecipe, judge: Any = None) ->
         "method_scores": {c.method: c.scores() for c in candidates},
         "method_score_images": subset,
         "float_top1": round(float_top1, 4),
+        "float_vs_chance": chance.to_dict(),
+        "verdict": "passed" if chance.above_chance else "inconclusive",
         "int8_top1": round(best.top1, 4),
         "drop": round(float_top1 - best.top1, 4),
         "agreement": round(best.agreement, 6),

@@ -7,7 +7,10 @@ There the new artifact and the float ONNX run on a few real images (the run's va
 ``smoke_data``); only when they agree are the artifact's files (:meth:`Backend.artifact_files`) renamed
 into ``build/`` and recorded as ``<backend>_<precision>``. A failed check or a kill before that leaves
 the previous build and its record untouched. A build whose outputs are not finite or miss the smoke
-gate fails with :class:`ParityError` (exit 3); ``edgexfer verify`` does the full parity study.
+gate fails with :class:`ParityError` (exit 3); ``edgexfer verify`` does the full parity study. Where the
+smoke images have labels of the model's classes, a float model that is not better than chance on them
+(:func:`edgexfer.parity.chance_check`) makes the check ``inconclusive``: recorded, and said in one
+warning, since agreement with such a model proves the build copies it, not that it works.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -227,8 +230,9 @@ def _progress(config: BuildConfig, total: int) -> Any:
 
 
 # ---- smoke check --------------------------------------------------------------------------------
-def smoke_images(config: BuildConfig) -> List[Any]:
-    """A few real images, evenly spaced over the run's validation split (or ``smoke_data``)."""
+def smoke_images(config: BuildConfig, class_names: List[str]) -> Tuple[List[Any], Optional[np.ndarray]]:
+    """A few real images, evenly spaced over the run's validation split (or ``smoke_data``), and their
+    labels in the order of the model's ``class_names`` (None when the folders are not its classes)."""
     from edgexfer.data import folder_samples, samples_for_run
 
     if config.smoke_data is not None:
@@ -245,16 +249,22 @@ def smoke_images(config: BuildConfig) -> List[Any]:
         raise DataError("the smoke-check data has no images; pass --smoke-data DIR or --no-smoke")
     count = min(config.smoke_images, len(samples))
     indices = np.unique(np.linspace(0, len(samples) - 1, count).round().astype(int))
-    return [samples.image(int(i)) for i in indices]
+    images = [samples.image(int(i)) for i in indices]
+    if not set(samples.class_names) <= set(class_names):
+        return images, None
+    order = np.array([class_names.index(name) for name in samples.class_names])
+    return images, order[samples.labels[indices]]
 
 
 def smoke_check(config: BuildConfig, manifest: Any, artifact: Path) -> Dict[str, Any]:
     """Run the new artifact and the float ONNX (ONNX Runtime) on the same images; compare their logits
-    with :func:`edgexfer.compare.compare_logits` against :attr:`BuildConfig.tolerance`."""
+    with :func:`edgexfer.compare.compare_logits` against :attr:`BuildConfig.tolerance`; where the
+    images have labels, say whether the float model is better than chance on them (``verdict``)."""
     from edgexfer.backends.base import get_backend
     from edgexfer.compare import compare_logits
     from edgexfer.config import to_dict
     from edgexfer.onnxmeta import read_metadata
+    from edgexfer.parity import chance_check
     from edgexfer.preprocess import images_to_batch
 
     if not manifest.has("onnx"):
@@ -263,8 +273,9 @@ def smoke_check(config: BuildConfig, manifest: Any, artifact: Path) -> Dict[str,
             f"lacks; run 'edgexfer export {config.run_dir}' or build with --no-smoke"
         )
     reference_path = manifest.path_of("onnx")
-    preprocess = read_metadata(reference_path).preprocess
-    images = smoke_images(config)
+    metadata = read_metadata(reference_path)
+    preprocess = metadata.preprocess
+    images, labels = smoke_images(config, list(metadata.class_names))
     logits = []
     for name, path in (("onnxruntime", reference_path), (config.backend, artifact)):
         with get_backend(name).load(path) as runner:
@@ -282,4 +293,9 @@ def smoke_check(config: BuildConfig, manifest: Any, artifact: Path) -> Dict[str,
             f"{artifact.name} disagrees with the float ONNX on {comparison.images} real images: "
             f"{'; '.join(failed)}; it was not recorded (a previous build, if any, is unchanged)"
         )
-    return {**comparison.to_dict(), "tolerance": to_dict(config.tolerance)}
+    chance = None if labels is None else chance_check(reference, labels)
+    if chance is not None and not chance.above_chance:
+        log.warning("smoke check of %s inconclusive: %s", artifact.name, chance.reason)
+    verdict = "inconclusive" if chance is not None and not chance.above_chance else "passed"
+    return {**comparison.to_dict(), "tolerance": to_dict(config.tolerance), "verdict": verdict,
+            "reference_vs_chance": None if chance is None else chance.to_dict()}

@@ -5,8 +5,11 @@ reference (edgexfer.reference), the same labelled images are run batched, each w
 NCHW, or uint8 pixels for ``--uint8-input`` models). Per artifact it reports top-1/top-5, the drop
 against the reference with a paired-bootstrap confidence interval and McNemar's test, prediction
 agreement, per-class deltas, logit cosine similarity and SNR (:mod:`edgexfer.parity`), and latency
-percentiles. A gate (``max_drop`` points of top-1, ``min_agreement`` percent) fails with
-:class:`VerifyFailed` (a :class:`ParityError`, exit 3); an artifact that cannot be loaded or run fails
+percentiles. A gate (:class:`edgexfer.parity.Gates`: top-1 drop, on the point or its CI, agreement,
+worst per-class drop, p99 latency, speed-up over torch) fails with :class:`VerifyFailed` (a
+:class:`ParityError`, exit 3); a float reference that is not better than chance on the data
+(:func:`edgexfer.parity.chance_check`) makes the verdict INCONCLUSIVE, never PASSED
+(:class:`VerifyInconclusive`, exit 5); an artifact that cannot be loaded or run fails
 with :class:`ArtifactError` (exit 2). Either way ``verify.json``, the Markdown report and the plots are
 written first, for the artifacts that ran (:mod:`edgexfer.stages.verify_report`). Anything else an
 artifact raises is a bug and is not caught: the CLI reports it as an internal error (exit 1).
@@ -22,7 +25,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from edgexfer.errors import ArtifactError, BackendUnavailableError, ConfigError, EdgexferError, ParityError
+from edgexfer.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    ConfigError,
+    EdgexferError,
+    InconclusiveError,
+    ParityError,
+)
 from edgexfer.stages.verify_data import (
     InputCache,
     Target,
@@ -36,7 +46,7 @@ from edgexfer.stages.verify_data import (
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    """Options of ``edgexfer verify``. ``max_drop`` is in top-1 points, ``min_agreement`` in percent."""
+    """Options of ``edgexfer verify``. The gates' units are those of :class:`edgexfer.parity.Gates`."""
 
     run_dir: Path
     data: Optional[Path] = None
@@ -44,6 +54,10 @@ class VerifyConfig:
     artifacts: Optional[Tuple[str, ...]] = None
     max_drop: Optional[float] = None
     min_agreement: Optional[float] = None
+    gate_on: str = "point"
+    max_class_drop: Optional[float] = None
+    max_p99_ms: Optional[float] = None
+    min_speedup: Optional[float] = None
     batch_size: int = 32
     limit: Optional[int] = None
     bootstrap_resamples: int = 2000
@@ -82,6 +96,16 @@ class VerifyConfig:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
+        latency_gates = self.gates().latency_options  # checks the gates' values
+        if latency_gates and not self.latency:
+            raise ConfigError(f"{' and '.join(latency_gates)} need latency measured; drop --no-latency")
+
+    def gates(self) -> Any:
+        """The gates every artifact is judged by (:class:`edgexfer.parity.Gates`)."""
+        from edgexfer.parity import Gates
+
+        return Gates(self.max_drop, self.min_agreement, self.gate_on, self.max_class_drop, self.max_p99_ms,
+                     self.min_speedup)
 
     @property
     def output_dir(self) -> Path:
@@ -116,8 +140,8 @@ class VerifyResult:
 
     def outcome(self) -> Optional[EdgexferError]:
         """The error verify ends with, or None: artifacts that could not be verified (exit 2), gate
-        failures (:class:`VerifyFailed`, exit 3), or nothing verified because every backend is
-        unavailable here (exit 4)."""
+        failures (:class:`VerifyFailed`, exit 3), nothing verified because every backend is
+        unavailable here (exit 4), or a reference no better than chance (:class:`VerifyInconclusive`, exit 5)."""
         failures, errors = self.data["gate"]["failures"], self.data["gate"]["errors"]
         if errors:
             first = errors[0]
@@ -137,6 +161,9 @@ class VerifyResult:
         if self.data["summary"]["skipped"] == len(self.data["artifacts"]):
             reason = self.data["artifacts"][0]["error"]
             return BackendUnavailableError(f"no artifact could be verified on this machine: {reason}")
+        if self.data["verdict"]["status"] == "inconclusive":
+            return VerifyInconclusive(f"verdict INCONCLUSIVE: {self.data['verdict']['reason']}; see {self.report_path}",
+                                      self)
         return None
 
     def raise_for_outcome(self) -> None:
@@ -155,6 +182,15 @@ class VerifyFailed(ParityError):
         self.result = result
 
 
+class VerifyInconclusive(InconclusiveError):
+    """Every gate passed but the float reference is not better than chance on the data (exit 5);
+    ``result`` holds what verify wrote."""
+
+    def __init__(self, message: str, result: VerifyResult):
+        super().__init__(message)
+        self.result = result
+
+
 # ---- one artifact ----------------------------------------------------------------------------------
 def verify_target(
     target: Target,
@@ -164,10 +200,11 @@ def verify_target(
     num_classes: int,
     config: VerifyConfig,
 ) -> Dict[str, Any]:
-    """Load, run, compare and time one artifact. A bad artifact (an :class:`EdgexferError`) becomes the
-    entry's status, not an exception; any other exception is a bug and propagates."""
+    """Load, run, compare and time one artifact (:func:`edgexfer.parity.judge_entry` then gives it its
+    status). A bad artifact (an :class:`EdgexferError`) becomes the entry's status, not an exception; any
+    other exception is a bug and propagates."""
     from edgexfer.backends.base import get_backend
-    from edgexfer.parity import gate_reasons, parity_entry
+    from edgexfer.parity import parity_entry
 
     entry: Dict[str, Any] = {
         "name": target.name,
@@ -213,10 +250,6 @@ def verify_target(
         return entry
     except EdgexferError as exc:
         entry.update(status="error", error=str(exc))
-        return entry
-    reasons = gate_reasons(entry, config.max_drop, config.min_agreement)
-    entry["gate"] = {"passed": not reasons, "reasons": reasons}
-    entry["status"] = "failed" if reasons else "passed"
     return entry
 
 
@@ -257,8 +290,9 @@ def verify_artifacts(config: VerifyConfig) -> VerifyResult:
     """
     from edgexfer.config import to_dict
     from edgexfer.manifest import Manifest, now_iso
+    from edgexfer.parity import chance_check, judge_entry
     from edgexfer.reference import float_reference
-    from edgexfer.stages.verify_report import artifact_metrics, verify_document, write_outputs
+    from edgexfer.stages.verify_report import MEASURED, artifact_metrics, verify_document, write_outputs
 
     started = now_iso()
     manifest = Manifest.open(config.run_dir)
@@ -269,23 +303,30 @@ def verify_artifacts(config: VerifyConfig) -> VerifyResult:
     inputs = InputCache(samples, subset_indices(len(samples), config.limit), meta.preprocess, config.progress)
     num_classes = len(meta.class_names)
     ref_logits, reference = _reference(meta, inputs, config, num_classes)
-    entries = [verify_target(t, manifest, inputs, ref_logits, num_classes, config) for t in targets]
+    reference["chance"] = chance_check(ref_logits, inputs.labels, config.confidence).to_dict()
+    gates = config.gates()
+    gates.require_reference_latency(reference)
+    entries = [
+        judge_entry(verify_target(t, manifest, inputs, ref_logits, num_classes, config), gates, reference,
+                    meta.class_names)
+        for t in targets
+    ]
     data = verify_document(config, started, checkpoint, meta, source, len(samples), inputs, reference, entries)
-    ran = [e["name"] for e in entries if e["status"] in ("passed", "failed")]
+    ran = [e["name"] for e in entries if e["status"] in MEASURED]
     written = write_outputs(config, data, ran)
     with Manifest.update(config.run_dir) as manifest:
         for entry in entries:
             if entry["name"] in ran:
                 manifest.add_metrics(entry["name"], artifact_metrics(entry))
-        status = "done" if data["gate"]["passed"] and ran else "failed"
+        status = {"passed": "done", "inconclusive": "inconclusive"}.get(data["verdict"]["status"], "failed")
         manifest.record_stage("verify", to_dict(config), metrics=data["summary"], status=status, started=started)
     return VerifyResult(passed=data["gate"]["passed"], data=data, **written)
 
 
 def run_verify(config: VerifyConfig) -> VerifyResult:
     """:func:`verify_artifacts`, then raise its outcome: :class:`VerifyFailed` (exit 3) when an artifact
-    fails the gate, :class:`ArtifactError` (exit 2) when one could not be loaded or run, in both cases
-    after writing the outputs."""
+    fails the gate, :class:`ArtifactError` (exit 2) when one could not be loaded or run,
+    :class:`VerifyInconclusive` (exit 5) when the reference is at chance, always after writing the outputs."""
     result = verify_artifacts(config)
     result.raise_for_outcome()
     return result

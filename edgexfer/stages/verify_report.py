@@ -9,7 +9,9 @@ from typing import Any, Dict, List
 import numpy as np
 
 VERIFY_SCHEMA_VERSION = 1
-STATUSES = ("passed", "failed", "error", "skipped")
+STATUSES = ("passed", "failed", "inconclusive", "error", "skipped")
+# Statuses of an artifact that ran and was measured (its numbers are in verify.json and the manifest).
+MEASURED = ("passed", "failed", "inconclusive")
 
 
 def verify_document(
@@ -24,7 +26,7 @@ def verify_document(
     entries: List[Dict[str, Any]],
 ) -> Dict[str, Any]:
     """The verify.json document: data set, machine, versions, reference, one entry per artifact, the
-    gate's verdict (failures and errors listed) and the count of each status."""
+    gates and their failures and errors, the verdict (:func:`verdict`) and the count of each status."""
     from edgexfer import __version__
     from edgexfer.config import to_dict
     from edgexfer.hardware import machine_record
@@ -38,8 +40,7 @@ def verify_document(
     ]
     errors = [{"artifact": e["name"], "reason": e["error"]} for e in entries if e["status"] == "error"]
     counts = {s: sum(e["status"] == s for e in entries) for s in STATUSES}
-    # Nothing verified (every backend unavailable here) is not a pass.
-    passed = not failures and not errors and counts["skipped"] < len(entries)
+    status, reason = verdict(failures, errors, counts, len(entries), reference)
     return {
         "schema_version": VERIFY_SCHEMA_VERSION,
         "kind": "edgexfer-verify",
@@ -61,14 +62,31 @@ def verify_document(
         "reference": reference,
         "artifacts": entries,
         "gate": {
-            "max_drop": config.max_drop,
-            "min_agreement": config.min_agreement,
-            "passed": passed,
+            **config.gates().to_dict(),
+            "passed": status == "passed",
             "failures": failures,
             "errors": errors,
         },
+        "verdict": {"status": status, "reason": reason},
         "summary": counts,
     }
+
+
+def verdict(failures: List[Dict[str, Any]], errors: List[Dict[str, Any]], counts: Dict[str, int], total: int,
+            reference: Dict[str, Any]) -> "tuple[str, Any]":
+    """The run's status and its reason, the first that applies: ``error`` (an artifact could not be
+    verified, exit 2), ``failed`` (a gate, exit 3), ``skipped`` (nothing could run here, exit 4),
+    ``inconclusive`` (the reference is not better than chance, exit 5), ``passed``."""
+    if errors:
+        return "error", f"artifact '{errors[0]['artifact']}' could not be verified: {errors[0]['reason']}"
+    if failures:
+        return "failed", f"'{failures[0]['artifact']}': {failures[0]['reason']}"
+    if counts["skipped"] == total:
+        return "skipped", "no artifact could run on this machine"
+    chance = reference.get("chance") or {}
+    if chance.get("above_chance") is False:
+        return "inconclusive", chance["reason"]
+    return "passed", None
 
 
 def write_outputs(config: Any, data: Dict[str, Any], verified: List[str]) -> Dict[str, Any]:

@@ -81,11 +81,29 @@ FAST = ["--bootstrap", "300", "--latency-batch", "2"]
 
 
 def test_verify_passes_and_writes_documented_outputs(built_run, cli_runner):
+    # every gate set, each loose enough for a well-trained run; --gate-on ci: the CI's upper bound <= 0.5
     code, out, err = cli_runner(
-        "-q", "verify", str(built_run), "--max-drop", "0.5", "--min-agreement", "99", *FAST
+        "-q", "verify", str(built_run), "--max-drop", "0.5", "--gate-on", "ci", "--min-agreement", "99",
+        "--max-class-drop", "2", "--max-p99-ms", "60000", "--min-speedup", "0.001", *FAST
     )
     assert code == 0, err
     data = json.loads((built_run / "verify" / "verify.json").read_text())
+    # a trained reference: better than chance (48 of 48 right: the 95% Wilson interval starts at 92.6%)
+    assert data["verdict"] == {"status": "passed", "reason": None}
+    chance = data["reference"]["chance"]
+    assert chance["above_chance"] and chance["chance"] == pytest.approx(100 / 3) and chance["top1_low"] > 90
+    assert "(95% CI " in out and "chance 33.33%)" in out
+    assert {k: data["gate"][k] for k in ("gate_on", "max_class_drop", "max_p99_ms", "min_speedup")} == {
+        "gate_on": "ci", "max_class_drop": 2.0, "max_p99_ms": 60000.0, "min_speedup": 0.001}
+    for art in data["artifacts"]:
+        values = art["gate"]["values"]
+        assert values["p99_ms"] == art["latency"]["p99_ms"] and values["worst_class_drop"] <= 0
+        assert values["speedup"] == pytest.approx(data["reference"]["latency"]["p50_ms"] / art["latency"]["p50_ms"])
+    # export --int8 and the build smoke check judged their reference too: better than chance here
+    manifest = Manifest.open(built_run)
+    assert manifest.get("onnx_int8_cpu").metrics["verdict"] == "passed"
+    smoke = manifest.get("onnxruntime_int8").metrics["smoke"]
+    assert smoke["verdict"] == "passed" and smoke["reference_vs_chance"]["above_chance"]
     # The table the CLI prints: one line per artifact with the numbers of verify.json.
     top1 = data["reference"]["top1"]
     assert f"reference torch fp32: top-1 {top1:.2f}% on 48 images" in out
@@ -99,7 +117,7 @@ def test_verify_passes_and_writes_documented_outputs(built_run, cli_runner):
     entries = {e["name"]: e for e in data["artifacts"]}
     assert sorted(entries) == ["onnxruntime_fp32", "onnxruntime_int8"]
     entry = entries["onnxruntime_fp32"]
-    assert entry["status"] == "passed" and entry["gate"] == {"passed": True, "reasons": []}
+    assert entry["status"] == "passed" and (entry["gate"]["passed"], entry["gate"]["reasons"]) == (True, [])
     # The same float model in ONNX Runtime: identical predictions, near-identical logits.
     assert entry["accuracy"]["top1"] == pytest.approx(data["reference"]["top1"])
     assert entry["accuracy"]["top1_drop"] == 0.0 and entry["accuracy"]["top1_drop_ci"] == [0.0, 0.0]
@@ -130,6 +148,82 @@ def test_verify_passes_and_writes_documented_outputs(built_run, cli_runner):
     assert manifest.get("onnxruntime_fp32").metrics["verify_status"] == "passed"
     assert manifest.stage("verify")["status"] == "done"
     assert "**Verdict: PASSED**" in (built_run / "verify" / "report.md").read_text()
+
+
+def test_verify_latency_gates_fail_with_exit_3(built_run, cli_runner):
+    code, out, err = cli_runner("-q", "verify", str(built_run), "--artifact", "onnxruntime_fp32", "--no-plots",
+                                "--max-p99-ms", "0.0001", "--min-speedup", "1000000", *FAST)
+    assert code == 3, err
+    assert err.startswith("edgexfer: error: parity gate failed for 'onnxruntime_fp32': p99 latency ")
+    data = json.loads((built_run / "verify" / "verify.json").read_text())
+    (entry,) = data["artifacts"]
+    p99, speedup = entry["latency"]["p99_ms"], data["reference"]["latency"]["p50_ms"] / entry["latency"]["p50_ms"]
+    assert entry["gate"]["reasons"] == [
+        f"p99 latency {p99:.2f} ms > --max-p99-ms 0.0001",
+        f"speed-up over torch fp32 (p50) {speedup:.2f}x < --min-speedup 1e+06",
+    ]
+    assert data["verdict"]["status"] == "failed" and "    gate: p99 latency" in out
+    report = (built_run / "verify" / "report.md").read_text()
+    assert "p99 latency <= 0.0001 ms; speed-up over torch fp32 >= 1e+06x" in report
+
+
+@pytest.fixture(scope="module")
+def chance_run(tmp_path_factory) -> Path:
+    """A random-init resnet18 run (tests/onnx_factory.exported_run: real export, INT8 for the CPU) built for
+    ONNX Runtime fp32, smoke-checked on the generated images it was exported with. Random weights answer
+    one class, or close to it, on those images: a reference at chance. Read-only."""
+    from onnx_factory import exported_run
+
+    from edgexfer.stages.build import BuildConfig, run_build
+
+    run = exported_run(tmp_path_factory.mktemp("chance") / "run")
+    run_build(BuildConfig(run_dir=run, backend="onnxruntime", precision="fp32", progress=False,
+                          smoke_data=run / "_export_images"))
+    return run
+
+
+def test_verify_a_chance_level_reference_is_inconclusive_with_exit_5(chance_run, tmp_path, cli_runner):
+    import shutil
+
+    run = Path(shutil.copytree(chance_run, tmp_path / "run"))
+    images = run / "_export_images"
+    code, out, err = cli_runner("-q", "verify", str(run), "--data", str(images), "--max-drop", "1",
+                                "--min-agreement", "99", "--no-latency", *FAST)
+    assert code == 5, err
+    assert err.startswith("edgexfer: error: verdict INCONCLUSIVE: the float reference is not better than chance "
+                          "on these 18 images") and len(err.strip().splitlines()) == 1
+    data = json.loads((run / "verify" / "verify.json").read_text())
+    chance = data["reference"]["chance"]
+    # the check is honest about the weights: their top-1 interval on 18 images of 3 classes includes 1/3
+    assert chance["images"] == 18 and chance["chance"] == pytest.approx(100 / 3)
+    assert chance["top1_low"] <= 100 / 3 and not chance["above_chance"]
+    assert data["verdict"] == {"status": "inconclusive", "reason": chance["reason"]}
+    assert data["gate"]["passed"] is False and data["summary"]["inconclusive"] == 1
+    (entry,) = data["artifacts"]
+    # the fp32 build copies its reference exactly: every gate passes, and still it is no pass
+    assert entry["status"] == "inconclusive" and entry["gate"]["passed"] is True
+    assert entry["agreement"]["agreement_pct"] == 100.0
+    assert "  onnxruntime_fp32       INCONCLUSIVE top-1" in out and "verdict: INCONCLUSIVE (" in out
+    report = (run / "verify" / "report.md").read_text()
+    assert "**Verdict: INCONCLUSIVE**" in report and "Not a pass: the float reference is not better" in report
+    assert "| `onnxruntime_fp32` | INCONCLUSIVE |" in report
+    manifest = Manifest.open(run)
+    assert manifest.stage("verify")["status"] == "inconclusive"
+    assert manifest.get("onnxruntime_fp32").metrics["verify_status"] == "inconclusive"
+    # export --int8 and the build's smoke check said the same, and recorded it
+    int8 = manifest.get("onnx_int8_cpu").metrics
+    assert int8["verdict"] == "inconclusive" and not int8["float_vs_chance"]["above_chance"]
+    smoke = manifest.get("onnxruntime_fp32").metrics["smoke"]
+    assert smoke["verdict"] == "inconclusive" and smoke["reference_vs_chance"]["images"] == 8
+    # through the API: a typed error (exit 5) that carries what verify wrote
+    from edgexfer.errors import InconclusiveError
+    from edgexfer.stages.verify import VerifyConfig, VerifyInconclusive, run_verify
+
+    with pytest.raises(VerifyInconclusive) as info:
+        run_verify(VerifyConfig(run_dir=run, data=images, latency=False, plots=False, bootstrap_resamples=300,
+                                progress=False))
+    assert isinstance(info.value, InconclusiveError) and info.value.exit_code == 5
+    assert info.value.result.data["verdict"]["status"] == "inconclusive"
 
 
 def test_verify_gate_fails_with_exit_3_and_names_the_artifact(built_run, cli_runner):
@@ -174,6 +268,13 @@ def test_verify_gate_fails_with_exit_3_and_names_the_artifact(built_run, cli_run
     assert isinstance(info.value, ParityError) and info.value.exit_code == 3
     assert info.value.result.data["gate"]["failures"][0]["artifact"] == "openvino_fp32"
     assert info.value.result.report_path == built_run / "verify" / "report.md"
+    # --max-class-drop alone: green and red lost every image (100 points), the first of them is named
+    config = VerifyConfig(run_dir=built_run, artifacts=("openvino_fp32",), max_class_drop=99.0, latency=False,
+                          plots=False, bootstrap_resamples=300, progress=False)
+    with pytest.raises(VerifyFailed) as info:
+        run_verify(config)
+    (entry,) = info.value.result.data["artifacts"]
+    assert entry["gate"]["reasons"] == ["class 'green' top-1 drop 100.00 pts > --max-class-drop 99"]
 
 
 def test_verify_nothing_built_is_one_clear_line(trained_run_copy, cli_runner):
@@ -293,7 +394,7 @@ def test_verify_skips_an_engine_this_machine_cannot_run(built_run, cli_runner):
     data = json.loads((built_run / "verify" / "verify.json").read_text())
     entries = {e["name"]: e for e in data["artifacts"]}
     assert entries["tensorrt_fp16"]["status"] == "skipped" and "tensorrt" in entries["tensorrt_fp16"]["error"]
-    assert data["summary"] == {"passed": 2, "failed": 0, "error": 0, "skipped": 1}
+    assert data["summary"] == {"passed": 2, "failed": 0, "inconclusive": 0, "error": 0, "skipped": 1}
     # Asked for explicitly, an unavailable backend is exit 4 with one line.
     code, out, err = cli_runner(
         "-q", "verify", str(built_run), "--backends", "tensorrt", "--no-latency", *FAST
@@ -405,6 +506,10 @@ def test_every_verify_option_maps_to_a_config_field():
         "artifact": (["--artifact", "onnx", "--artifact", "x"], "artifacts", ("onnx", "x")),
         "max_drop": (["--max-drop", "1.5"], "max_drop", 1.5),
         "min_agreement": (["--min-agreement", "90"], "min_agreement", 90.0),
+        "gate_on": (["--gate-on", "ci", "--max-drop", "2"], "gate_on", "ci"),
+        "max_class_drop": (["--max-class-drop", "7.5"], "max_class_drop", 7.5),
+        "max_p99_ms": (["--max-p99-ms", "12"], "max_p99_ms", 12.0),
+        "min_speedup": (["--min-speedup", "1.5"], "min_speedup", 1.5),
         "batch_size": (["--batch-size", "3"], "batch_size", 3),
         "limit": (["--limit", "5"], "limit", 5),
         "bootstrap": (["--bootstrap", "300"], "bootstrap_resamples", 300),

@@ -82,6 +82,29 @@ def test_verify_markdown_reports_failure_drop_and_per_class_delta():
     assert "| torch fp32 (reference) | 1 | 20.00 |" in text
 
 
+def test_verify_markdown_says_inconclusive_and_why():
+    from edgexfer.parity import chance_check
+
+    data, entry = _verify_data()
+    labels = np.repeat(np.arange(3), 10)
+    chance = chance_check(np.eye(3)[np.zeros(30, int)], labels).to_dict()  # always class a: 10 of 30
+    entry.update(status="inconclusive", gate={"passed": True, "reasons": []})
+    data["artifacts"] = [entry]
+    data["reference"]["chance"] = chance
+    data["gate"].update(failures=[], errors=[], passed=False, gate_on="ci", max_class_drop=5.0, max_p99_ms=10.0,
+                        min_speedup=2.0)
+    data["verdict"] = {"status": "inconclusive", "reason": chance["reason"]}
+    text = report.verify_markdown(data)
+    assert ("**Verdict: INCONCLUSIVE** (top-1 drop (CI upper bound) <= 1 pts; worst per-class top-1 drop <= 5 "
+            "pts; p99 latency <= 10 ms; speed-up over torch fp32 >= 2x)") in text
+    assert f"Not a pass: {chance['reason']}." in text
+    assert "not better than chance on these 30 images: top-1 33.33%" in text
+    assert f"95% CI {chance['top1_low']:.2f}..{chance['top1_high']:.2f}%, chance 33.33%: NOT better than chance" in text
+    assert "| `onnxruntime_int8` | INCONCLUSIVE | 86.67 |" in text
+    # the latency table's speed-up: torch 20 ms over the artifact's 5 ms
+    assert "| torch fp32 (reference) | 1 | 20.00 |" in text and "| 4.00x |" in text
+
+
 def test_verify_figures_draw_the_recorded_numbers():
     data, entry = _verify_data()
     figures = report.verify_figures(data)

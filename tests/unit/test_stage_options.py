@@ -29,9 +29,12 @@ VALUES: Dict[str, Dict[str, Any]] = {
 
 def _base(stage: str, key: str) -> Dict[str, Any]:
     """What the rest of the step needs for the option to be valid: a build option needs a backend that
-    declares it (TensorRT's for --max-batch), as the backends declare them."""
+    declares it (TensorRT's for --max-batch), as the backends declare them; a deploy needs a device; verify's
+    --gate-on ci needs the --max-drop it applies to."""
     if stage == "deploy":
-        return {"to": ["device"]}  # a deploy needs a device
+        return {"to": ["device"]}
+    if stage == "verify" and key == "gate_on":
+        return {"max_drop": 1.0}
     if stage != "build":
         return {}
     from edgexfer.backends.base import all_build_options
