@@ -8,7 +8,7 @@ from typing import Callable, List, Optional
 
 from edgexfer.deploy.config import DeployConfig
 from edgexfer.deploy.remote import BundleCache, DeviceResult, deploy_device
-from edgexfer.errors import EdgexferError, ParityError
+from edgexfer.errors import EdgexferError, InconclusiveError, ParityError
 
 
 def run_deploy(config: DeployConfig, say: Callable[[str], None] = lambda line: None) -> List[DeviceResult]:
@@ -32,7 +32,8 @@ def run_deploy(config: DeployConfig, say: Callable[[str], None] = lambda line: N
 
 def deploy_outcome(results: List[DeviceResult]) -> Optional[EdgexferError]:
     """The error a deploy ends with: the first device that could not be used (its own error and exit
-    code), else a parity gate that failed on a device (exit 3), else None."""
+    code), else a parity gate that failed on a device (exit 3), else an INCONCLUSIVE verdict on a device
+    (exit 5: its float reference is at chance on the device's data), else None."""
     for result in results:
         if result.error is not None:
             return result.error
@@ -41,6 +42,11 @@ def deploy_outcome(results: List[DeviceResult]) -> Optional[EdgexferError]:
         reasons = "; ".join(f"{r.target.host}: {f['artifact']}: {f['reason']}" for r in failed
                             for f in r.verify["gate"]["failures"][:1])
         return ParityError(f"parity gate failed on {len(failed)} device(s): {reasons}")
+    unsure = [r for r in results if r.verify is not None
+              and r.verify.get("verdict", {}).get("status") == "inconclusive"]
+    if unsure:
+        reasons = "; ".join(f"{r.target.host}: {r.verify['verdict'].get('reason')}" for r in unsure)
+        return InconclusiveError(f"verdict INCONCLUSIVE on {len(unsure)} device(s): {reasons}")
     return None
 
 

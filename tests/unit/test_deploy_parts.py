@@ -117,16 +117,17 @@ def _result(host, status="passed", agreement=100.0, error=None):
 
     entry = {"name": "onnxruntime_int8", "status": status, "agreement": {"agreement_pct": agreement},
              "accuracy": {"top1_drop": 1.5, "top1_drop_ci": [0.5, 2.5]}, "latency": {"p50_ms": 4.2, "p99_ms": 9.9}}
-    verify = None if error else {"artifacts": [entry], "gate": {
-        "passed": status == "passed",
-        "failures": [] if status == "passed" else [{"artifact": "onnxruntime_int8", "reason": "agreement 90%"}]}}
+    passed = status in ("passed", "inconclusive")
+    verify = None if error else {"artifacts": [entry], "verdict": {"status": status, "reason": "at chance"}, "gate": {
+        "passed": passed,
+        "failures": [] if passed else [{"artifact": "onnxruntime_int8", "reason": "agreement 90%"}]}}
     return DeviceResult(SimpleNamespace(host=host), verify=verify, error=error)
 
 
 def test_matrix_and_outcome():
     from edgexfer.deploy.matrix import matrix_lines
     from edgexfer.deploy.run import deploy_outcome
-    from edgexfer.errors import DeviceError, ParityError
+    from edgexfer.errors import DeviceError, InconclusiveError, ParityError
 
     lines = matrix_lines([_result("orin"), _result("nano", "failed", 90.0)])
     assert lines[0].split()[:2] == ["device", "artifact"]
@@ -137,6 +138,9 @@ def test_matrix_and_outcome():
     assert isinstance(gate, ParityError) and gate.exit_code == 3 and "nano: onnxruntime_int8" in str(gate)
     down = DeviceError("xavier: unreachable")
     assert deploy_outcome([_result("nano", "failed", 90.0), _result("xavier", error=down)]) is down
+    unsure = deploy_outcome([_result("orin"), _result("nano", "inconclusive")])
+    assert isinstance(unsure, InconclusiveError) and unsure.exit_code == 5 and "nano: at chance" in str(unsure)
+    assert isinstance(deploy_outcome([_result("orin", "inconclusive"), _result("nano", "failed")]), ParityError)
 
 
 def test_default_remote_folder_is_per_run(tmp_path):
