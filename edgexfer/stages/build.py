@@ -227,7 +227,7 @@ def _progress(config: BuildConfig, total: int) -> Any:
 
 
 # ---- smoke check --------------------------------------------------------------------------------
-def smoke_images(config: BuildConfig) -> List[Any]:
+def smoke_images(config: BuildConfig, preprocess: Any) -> List[Any]:
     """A few real images, evenly spaced over the run's validation split (or ``smoke_data``)."""
     from edgexfer.data import folder_samples, samples_for_run
 
@@ -245,6 +245,7 @@ def smoke_images(config: BuildConfig) -> List[Any]:
         raise DataError("the smoke-check data has no images; pass --smoke-data DIR or --no-smoke")
     count = min(config.smoke_images, len(samples))
     indices = np.unique(np.linspace(0, len(samples) - 1, count).round().astype(int))
+    samples = samples.for_preprocess(preprocess)
     return [samples.image(int(i)) for i in indices]
 
 
@@ -264,7 +265,7 @@ def smoke_check(config: BuildConfig, manifest: Any, artifact: Path) -> Dict[str,
         )
     reference_path = manifest.path_of("onnx")
     preprocess = read_metadata(reference_path).preprocess
-    images = smoke_images(config)
+    images = smoke_images(config, preprocess)
     logits = []
     for name, path in (("onnxruntime", reference_path), (config.backend, artifact)):
         with get_backend(name).load(path) as runner:

@@ -220,7 +220,7 @@ def run_predict(config: PredictConfig) -> PredictResult:
     """Load the chosen artifact and stream the images through it in batches (decode, preprocess as the
     artifact's metadata says, infer); return top-k per image in the order given."""
     from edgexfer.backends.base import get_backend
-    from edgexfer.preprocess import images_to_batch, load_image
+    from edgexfer.preprocess import images_to_batch
 
     name, backend_name, path = resolve_target(config)
     info = model_info(path)
@@ -234,7 +234,7 @@ def run_predict(config: PredictConfig) -> PredictResult:
         for start in range(0, len(files), config.batch_size):
             chunk = files[start : start + config.batch_size]
             batch = images_to_batch(
-                [load_image(f) for f in chunk], info.preprocess, runner.input_dtype, runner.input_layout
+                [info.preprocess.open(f) for f in chunk], info.preprocess, runner.input_dtype, runner.input_layout
             )
             logits = np.asarray(runner.infer(batch))
             if logits.shape[1] != len(info.class_names):

@@ -146,9 +146,9 @@ def test_images_are_streamed_batch_by_batch_in_order(built, monkeypatch):
     events = []
     load_image, infer = edgexfer.preprocess.load_image, OnnxRuntimeRunner.infer
 
-    def loading(path):
+    def loading(path, fit=None):
         events.append("decode")
-        return load_image(path)
+        return load_image(path, fit=fit)
 
     def inferring(self, batch):
         events.append(f"infer {len(batch)}")
