@@ -114,11 +114,9 @@ def main() -> None:
             if have_simplejpeg:
                 calls["simplejpeg"] = lambda p=path: preprocess.to_uint8(simplejpeg_open(p, preprocess))
             budget = 0.4 if width < 4000 else 1.0
-            times, errors = measure_interleaved(
-                calls, args.rounds,
-                lambda _round: TimingConfig(warmup=2, warmup_time_s=0.2, min_iterations=5, min_time_s=budget / 3,
-                                            max_time_s=budget),
-            )
+            timing = TimingConfig(warmup=2, warmup_time_s=0.2, min_iterations=5, min_time_s=budget / 3,
+                                  max_time_s=budget)
+            times, errors = measure_interleaved(calls, args.rounds, lambda _round, t=timing: t)
             if errors:
                 raise SystemExit(f"{path.name}: {errors}")
             ms = {name: float(np.median(t)) * 1e3 for name, t in times.items()}

@@ -276,9 +276,15 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def images_to_batch(images: Sequence[Any], preprocess: Any, dtype: Any, layout: str) -> np.ndarray:
-    """PIL images -> one batch in a runner's input format (normalised float NCHW or uint8 NCHW/NHWC)."""
+def image_to_input(image: Any, preprocess: Any, dtype: Any, layout: str) -> np.ndarray:
+    """One PIL image -> one row of a runner's input (normalised float CHW/HWC or uint8 CHW/HWC)."""
     if np.dtype(dtype) == np.uint8:
-        return np.stack([preprocess.to_uint8(image, layout) for image in images])
-    arrays = np.stack([preprocess.to_array(image) for image in images]).astype(np.float32)
-    return np.ascontiguousarray(arrays.transpose(0, 2, 3, 1)) if layout == "NHWC" else arrays
+        return preprocess.to_uint8(image, layout)
+    array = preprocess.to_array(image)
+    return np.ascontiguousarray(array.transpose(1, 2, 0)) if layout == "NHWC" else array
+
+
+def images_to_batch(images: Sequence[Any], preprocess: Any, dtype: Any, layout: str) -> np.ndarray:
+    """PIL images -> one batch in a runner's input format (normalised float NCHW or uint8 NCHW/NHWC):
+    the rows of :func:`image_to_input`, stacked (predict's decode threads make the same rows)."""
+    return np.stack([image_to_input(image, preprocess, dtype, layout) for image in images])
