@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Deque, Iterable, Iterator, Tuple, TypeVar
+from typing import Callable, Deque, Iterable, Iterator, List, Tuple, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -45,3 +45,15 @@ def ordered_prefetch(
     finally:
         # On an error or an abandoned generator: drop what has not started, wait for what has.
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def chunked(items: Iterable[Item], size: int) -> Iterator[List[Item]]:
+    """Consecutive lists of ``size`` items; the last may be shorter."""
+    chunk: List[Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -270,18 +270,6 @@ def decode_workers(config: PredictConfig) -> int:
     return config.workers if config.workers is not None else min(4, os.cpu_count() or 1)
 
 
-def batches(rows: Iterator[Tuple[Path, np.ndarray]], size: int) -> Iterator[List[Tuple[Path, np.ndarray]]]:
-    """Consecutive lists of ``size`` (file, input row) pairs; the last may be shorter."""
-    chunk: List[Tuple[Path, np.ndarray]] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def run_predict(
     config: PredictConfig, on_prediction: Optional[Callable[[Dict[str, Any]], None]] = None
 ) -> PredictResult:
@@ -296,7 +284,7 @@ def run_predict(
     from tqdm import tqdm
 
     from edgexfer.backends.base import get_backend
-    from edgexfer.prefetch import ordered_prefetch
+    from edgexfer.prefetch import chunked, ordered_prefetch
     from edgexfer.preprocess import image_to_input
 
     name, backend_name, path = resolve_target(config)
@@ -314,7 +302,7 @@ def run_predict(
         rows = ordered_prefetch(prepare, files, decode_workers(config), window=2 * config.batch_size)
         start = time.perf_counter()
         with tqdm(total=len(files), desc="predict", unit="img", disable=not config.progress, leave=False) as bar:
-            for chunk in batches(rows, config.batch_size):
+            for chunk in chunked(rows, config.batch_size):
                 logits = np.asarray(runner.infer(np.stack([row for _, row in chunk])))
                 if logits.shape[1] != len(info.class_names):
                     raise ArtifactError(
