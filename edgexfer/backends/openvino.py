@@ -115,8 +115,11 @@ class OpenVinoRunner(Runner):
             self._spatial,
             f"OpenVINO model '{self.xml_path.name}'",
         )
-        result = self.request.infer({0: array})
-        output = result[self.compiled.outputs[0]]
+        # Shared input and output: OpenVINO reads the caller's array in place and hands back its own
+        # output buffer, which is copied once here (the next call reuses it); the default copies both
+        # ways and builds a result dict per call (vendor-parity host overhead, benchmarks/vendor_parity.py).
+        self.request.infer({0: array}, share_inputs=True, share_outputs=True)
+        output = self.request.get_output_tensor(0).data
         return as_logits(
             np.array(output, copy=True), array.shape[0], f"OpenVINO model '{self.xml_path.name}'"
         )
