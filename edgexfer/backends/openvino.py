@@ -64,6 +64,7 @@ class OpenVinoRunner(Runner):
         self.compiled: Any = None
         self.request: Any = None
         self._throughput: Any = None
+        self.stream_requests = 0
         self._spatial: Tuple[Optional[int], Optional[int]] = (None, None)
 
     def activate(self) -> None:
@@ -143,30 +144,40 @@ class OpenVinoRunner(Runner):
         return int(self._throughput_model().get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
     def infer_stream(self, batches: Iterable[np.ndarray], in_flight: int = 0) -> Iterator[np.ndarray]:
-        """Logits of every batch in order, ``in_flight`` asynchronous requests (AsyncInferQueue) on the
-        THROUGHPUT-compiled model (0: OpenVINO's optimal number of requests)."""
-        ov = _ov()
-        queue = ov.AsyncInferQueue(self._throughput_model(), in_flight or self.default_in_flight())
-        done: Dict[int, np.ndarray] = {}
-        # Called on OpenVINO's threads when a request finishes: copy the output out before it is reused.
-        queue.set_callback(lambda request, index: done.__setitem__(
-            index, np.array(request.get_output_tensor(0).data, copy=True)))
+        """Logits of every batch in order, ``in_flight`` asynchronous infer requests on the THROUGHPUT-
+        compiled model (0: OpenVINO's optimal number), used round-robin: the oldest is waited for (and
+        its output handed out) before it takes the next batch.
+
+        No Python callbacks (AsyncInferQueue's): a callback makes OpenVINO's threads take the GIL, and
+        dropping the compiled model then deadlocks (seen: ~CPUStreamsExecutor joining a thread that waits
+        for the GIL the main thread holds).
+        """
+        from collections import deque
+
+        compiled = self._throughput_model()
+        count = in_flight or self.default_in_flight()
+        requests = [compiled.create_infer_request() for _ in range(count)]
+        self.stream_requests = count
         where = f"OpenVINO model '{self.xml_path.name}'"
-        sizes: Dict[int, int] = {}
-        next_out = 0
+        pending: Any = deque()  # (request, batch size), oldest first
         try:
-            for index, batch in enumerate(batches):
+            for batch in batches:
                 array = check_batch(batch, self.input_dtype, self.input_layout, self._spatial, where)
-                sizes[index] = array.shape[0]
-                queue.start_async({0: array}, index)  # waits for a free request; copies the input in
-                while next_out in done:
-                    yield as_logits(done.pop(next_out), sizes.pop(next_out), where)
-                    next_out += 1
+                if len(pending) == count:
+                    request, size = pending.popleft()
+                    request.wait()  # releases the GIL while it waits
+                    yield as_logits(np.array(request.get_output_tensor(0).data, copy=True), size, where)
+                else:
+                    request = requests[len(pending)]
+                request.start_async({0: array})  # copies the input: the caller may reuse its array
+                pending.append((request, array.shape[0]))
+            while pending:
+                request, size = pending.popleft()
+                request.wait()
+                yield as_logits(np.array(request.get_output_tensor(0).data, copy=True), size, where)
         finally:
-            queue.wait_all()  # also when the consumer stops early: no request outlives the queue
-        while next_out in done:
-            yield as_logits(done.pop(next_out), sizes.pop(next_out), where)
-            next_out += 1
+            for request, _ in pending:  # the consumer stopped early: no request outlives this call
+                request.wait()
 
     def describe(self) -> Dict[str, Any]:
         """Runner facts plus device, threads and OpenVINO version."""
@@ -179,6 +190,7 @@ class OpenVinoRunner(Runner):
                 "inference_precision": inference_precision(self.precision),
                 "threads": self.threads or "physical cores",
                 "pinned": self.pin_threads,
+                **({"stream_requests": self.stream_requests} if self.stream_requests else {}),
             }
         )
         return facts
