@@ -37,13 +37,15 @@ def p50_ms(call: Callable[[], object], seconds: float) -> float:
     return float(np.median(measure(call, config))) * 1e3
 
 
-def benchmark_app_ms(xml: Path, batch: int, threads: int, seconds: float, shape: List[int]) -> Optional[float]:
+def benchmark_app_ms(xml: Path, seconds: float, shape: List[int]) -> Optional[float]:
     """``benchmark_app -hint latency``'s median latency in ms (None where the tool is missing)."""
     tool = shutil.which("benchmark_app") or str(Path(sys.executable).with_name("benchmark_app"))
     if not Path(tool).exists():
         return None
+    # benchmark_app refuses -nthreads with a hint: its latency hint takes the physical cores, which is
+    # edgexfer's default too (pass --threads only to match a machine where they differ).
     command = [tool, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-t", str(int(max(seconds, 1))),
-               "-nthreads", str(threads), "-shape", "[" + ",".join(str(d) for d in shape) + "]"]
+               "-shape", "[" + ",".join(str(d) for d in shape) + "]"]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     match = re.search(r"Median:\s+([0-9.]+)\s*ms", out)
     if not match:
@@ -77,7 +79,7 @@ def openvino_rows(xml: Path, batch: int, threads: int, seconds: float, repeat: i
     times: Dict[str, List[float]] = {"benchmark_app": [], "plain loop": [], "edgexfer": []}
     with get_backend("openvino").load(xml, {"threads": threads}) as runner:
         for _ in range(repeat):
-            vendor = benchmark_app_ms(xml, batch, threads, seconds, dims)
+            vendor = benchmark_app_ms(xml, seconds, dims)
             if vendor is not None:
                 times["benchmark_app"].append(vendor)
             times["plain loop"].append(p50_ms(plain, seconds))
