@@ -25,15 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import cpu_name, photo_like_jpeg  # noqa: E402  (the sibling benchmark's JPEG generator)
 
 
-def model_alone(artifact: Path, backend: str, batch: int, threads: int, seconds: float) -> float:
-    """Images/s of the model alone: one batch of real pixels, one request at a time, for ``seconds``."""
+def model_alone(artifact: Path, backend: str, files: list, batch: int, threads: int, seconds: float) -> float:
+    """Images/s of the model alone: one batch of the real pixels, one request at a time, for ``seconds``."""
     import itertools
 
     from edgexfer.backends.base import get_backend
+    from edgexfer.preprocess import images_to_batch
+    from edgexfer.stages.predict import model_info
 
+    preprocess = model_info(artifact).preprocess
     with get_backend(backend).load(artifact, {"threads": threads}) as runner:
-        shape = (batch, 3, 224, 224) if runner.input_layout == "NCHW" else (batch, 224, 224, 3)
-        array = np.random.default_rng(0).integers(0, 255, shape).astype(runner.input_dtype)
+        array = images_to_batch([preprocess.open(f) for f in files[:batch]], preprocess, runner.input_dtype,
+                                runner.input_layout)
         for _ in range(5):
             runner.infer(array)
         start, images = time.perf_counter(), 0
@@ -71,7 +74,7 @@ def main() -> None:
                 config = PredictConfig(target=args.artifact, images=tuple(files), batch_size=args.batch,
                                        threads=args.threads, workers=workers)
                 results[name].append(run_predict(config, on_prediction=lambda item: None).images_per_s)
-            results["model alone"].append(model_alone(args.artifact, backend, args.batch, args.threads, 3.0))
+            results["model alone"].append(model_alone(args.artifact, backend, files, args.batch, args.threads, 3.0))
     print(f"CPU: {cpu_name()}; {args.artifact.name} ({backend}), batch {args.batch}, {args.threads} inference "
           f"threads, {args.count} {width}x{height} JPEGs, {args.repeat} alternating repeats")
     alone = float(np.median(results["model alone"]))
