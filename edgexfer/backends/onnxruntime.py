@@ -140,6 +140,7 @@ class OnnxRuntimeRunner(Runner):
     """An ONNX Runtime session; input dtype and layout are read from the model itself."""
 
     name = "onnxruntime"
+    concurrent_infer = True  # ORT's docs: several threads may call Run() on one InferenceSession at once
 
     def __init__(
         self,

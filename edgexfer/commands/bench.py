@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, Tuple
 
 import click
 
-from edgexfer.stages.bench.config import DEFAULT_MODELS, BenchConfig
+from edgexfer.stages.bench.config import DEFAULT_MODELS, MODES, BenchConfig
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(BenchConfig)}
 
@@ -47,6 +47,9 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> BenchConfig:
         min_time_s=params["min_time"],
         min_iterations=params["min_iterations"],
         progress=progress,
+        mode=params["mode"],
+        in_flight=params["in_flight"],
+        decode_workers=params["decode_workers"],
     )
 
 
@@ -112,6 +115,13 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> BenchConfig:
     show_default=True,
     help="Calibration images for the INT8 exports (class sub-folders name the random models' classes).",
 )
+@click.option("--mode", type=click.Choice(MODES), default=_DEFAULTS["mode"], show_default=True,
+              help="throughput: also images/s with several requests in flight (model alone, one at a time, "
+                   "and the pipelined image-file stream).")
+@click.option("--in-flight", type=int, default=_DEFAULTS["in_flight"], show_default=True,
+              help="Requests in flight for --mode throughput (0: the runtime's choice).")
+@click.option("--decode-workers", type=int, default=_DEFAULTS["decode_workers"], show_default=True,
+              help="Decode threads of the pipelined stream (0: up to 4).")
 def bench(**_: Any) -> None:
     """Latency matrix on this machine: model alone and end to end, with the machine recorded.
 
@@ -140,6 +150,14 @@ def bench(**_: Any) -> None:
             f"  {row['model']:<20} {row['backend']:<12} {row['precision']:<5} b{row['batch']:<3} "
             f"p50 {lat['p50_ms']:8.2f} ms (IQR {lat['iqr_ms']:.2f}, p99 {lat['p99_ms']:.2f}){speed}{extra}"
         )
+        if "throughput" in row:
+            piped = row.get("pipelined")
+            click.echo(
+                f"  {'':<20} {'':<12} {'':<5} {'':<4} {row['throughput']['images_per_s']:8.1f} img/s with "
+                f"{row['throughput']['in_flight']} in flight, {row['throughput_sequential']['images_per_s']:.1f} "
+                f"one at a time" + (f", pipelined from files {piped['images_per_s']:.1f} img/s "
+                                    f"({row['pipelined_ratio']:.2f}x)" if piped else "")
+            )
     for line in data["headlines"]:
         click.echo(line)
     click.echo(f"results: {result.json_path}")

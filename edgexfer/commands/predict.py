@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import json
-from typing import Optional, Tuple
+from typing import Any, Mapping
 
 import click
 
 
+def config_from_params(params: Mapping[str, Any], progress: bool) -> Any:
+    """The :class:`~edgexfer.stages.predict.PredictConfig` for click's parameters."""
+    from edgexfer.stages.predict import PredictConfig
+
+    return PredictConfig(
+        target=params["target"],
+        images=params["images"],
+        artifact=params["artifact"],
+        backend=params["backend"],
+        top_k=params["top_k"],
+        batch_size=params["batch_size"],
+        threads=params["threads"],
+        provider=params["provider"],
+        workers=params["workers"],
+        list_file=params["list_file"],
+        progress=progress,
+    )
+
+
 @click.command("predict")
 @click.argument("target", type=click.Path(path_type=str))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, type=click.Path(path_type=str))
 @click.option(
     "--artifact", default=None, help="Manifest artifact of RUN_DIR to use (default: the best usable)."
 )
@@ -23,45 +42,46 @@ import click
 @click.option(
     "--provider", default=None, help="ONNX Runtime execution provider: cpu, cuda, tensorrt or auto."
 )
+@click.option(
+    "--workers", type=int, default=None,
+    help="Decode threads working ahead of inference (default: up to 4; 0 decodes on the inference thread).",
+)
+@click.option(
+    "--list", "list_file", type=click.Path(path_type=str), default=None,
+    help="A text file of image paths, one per line (relative to the current folder; # comments).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout (for machines).")
-def predict(
-    target: str,
-    images: Tuple[str, ...],
-    artifact: Optional[str],
-    backend: Optional[str],
-    top_k: int,
-    batch_size: int,
-    threads: Optional[int],
-    provider: Optional[str],
-    as_json: bool,
-) -> None:
-    """Top-k class names and scores for IMAGE files (or folders of images) from a run directory or an
-    artifact file (.onnx, .engine, .xml, .pt), preprocessed as the artifact's metadata says."""
-    from edgexfer.stages.predict import PredictConfig, run_predict
+@click.option(
+    "--jsonl", "as_jsonl", is_flag=True,
+    help="Print one JSON line per image on stdout as soon as its batch is inferred (in input order).",
+)
+def predict(**params: Any) -> None:
+    """Top-k class names and scores for IMAGE files (or folders of images, or quoted glob patterns such
+    as 'photos/*.jpg') from a run directory or an artifact file (.onnx, .engine, .xml, .pt), preprocessed
+    as the artifact's metadata says. Images are decoded on worker threads while the model runs."""
+    from edgexfer.console import progress_enabled
+    from edgexfer.errors import ConfigError
+    from edgexfer.stages.predict import run_predict
 
-    config = PredictConfig(
-        target=target,
-        images=images,
-        artifact=artifact,
-        backend=backend,
-        top_k=top_k,
-        batch_size=batch_size,
-        threads=threads,
-        provider=provider,
-    )
-    result = run_predict(config)
+    as_json, as_jsonl = params["as_json"], params["as_jsonl"]
+    if as_json and as_jsonl:
+        raise ConfigError("--json prints one document and --jsonl one line per image; choose one")
+    config = config_from_params(params, progress_enabled())
+    machine = as_json or as_jsonl
+    if as_jsonl:
+        result = run_predict(config, on_prediction=lambda item: click.echo(json.dumps(item)))
+    else:
+        result = run_predict(config)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
-    else:
+    elif not as_jsonl:
         for item in result.predictions:
             ranked = ", ".join(f"{t['class']} {t['score']:.3f}" for t in item["top"])
             click.echo(f"{item['image']}: {ranked}")
-    # Where the answer came from, and what to do next; on stderr with --json so stdout stays one document.
+    # Where the answer came from, and what to do next; on stderr for --json/--jsonl so stdout stays data.
     click.echo(
-        f"predicted {len(result.predictions)} image(s) with {result.artifact} ({result.backend}) at "
-        f"{result.path}",
-        err=as_json,
+        f"predicted {result.images} image(s) with {result.artifact} ({result.backend}) at "
+        f"{result.path}: {result.images_per_s:.1f} images/s",
+        err=machine,
     )
-    click.echo(
-        "next: edgexfer verify RUN_DIR for accuracy parity, or edgexfer bench for latency", err=as_json
-    )
+    click.echo("next: edgexfer verify RUN_DIR for accuracy parity, or edgexfer bench for latency", err=machine)

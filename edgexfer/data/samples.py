@@ -17,7 +17,8 @@ class ImageSamples(Sequence):
     Items come either from files (``paths`` holds one path per item, loaded lazily with
     :func:`edgexfer.preprocess.load_image`) or from a uint8 array (``N x H x W`` grayscale or
     ``N x H x W x 3`` RGB; ``paths`` is empty). ``skipped`` lists files that were found but could
-    not be used (corrupt or not images), as ``(path, reason)``.
+    not be used (corrupt or not images), as ``(path, reason)``. ``fit``: the preprocessing the images
+    are loaded for (see :meth:`for_preprocess`); None loads every pixel (training augmentation).
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class ImageSamples(Sequence):
         self.images = images
         self.skipped = list(skipped or [])
         self.source = source
+        self.fit: Any = None
         count = len(self.paths) if paths is not None else len(images)
         if len(self.labels) != count:
             raise ValueError(f"{len(self.labels)} labels for {count} images")
@@ -54,14 +56,26 @@ class ImageSamples(Sequence):
         from PIL import Image
 
         if self.images is None:
-            return load_image(self.paths[index])
+            return load_image(self.paths[index], fit=self.fit)
         pixels = self.images[index]
         image = Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
         return image.convert("RGB") if image.mode != "RGB" else image
 
+    def for_preprocess(self, preprocess: Any) -> "ImageSamples":
+        """The same items, loaded for ``preprocess``'s evaluation path: a large JPEG is decoded at a
+        reduced scale (:func:`edgexfer.preprocess.load_image` with ``fit``), as predict decodes it."""
+        view = self.subset(range(len(self)))
+        view.fit = preprocess
+        return view
+
     def subset(self, indices: Sequence[int]) -> "ImageSamples":
-        """A new ImageSamples of the given items (same classes)."""
+        """A new ImageSamples of the given items (same classes, same ``fit``)."""
         idx = np.asarray(list(indices), dtype=np.int64)
+        made = self._subset(idx)
+        made.fit = self.fit
+        return made
+
+    def _subset(self, idx: np.ndarray) -> "ImageSamples":
         if self.images is None:
             return ImageSamples(
                 self.class_names,

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from edgexfer.errors import ConfigError, DataError
-from edgexfer.preprocess import Preprocess, is_image_file, load_image
+from edgexfer.preprocess import Preprocess, is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def folder_calibration_set(
 
     def load(index: int) -> Any:
         try:
-            return load_image(chosen[index])
+            return preprocess.open(chosen[index])
         except DataError as exc:
             raise DataError(f"unreadable calibration image: {exc}; remove it from '{folder}'") from exc
 
@@ -151,6 +151,8 @@ def samples_calibration_set(
         raise DataError(f"calibration source ({source}) has no images")
     _warn_if_short(len(samples), size, source)
     chosen = sample_indices(len(samples), size, seed)
+    if hasattr(samples, "for_preprocess"):
+        samples = samples.for_preprocess(preprocess)
     arrays, pixels = _preprocess_all(
         lambda i: samples.image(int(chosen[i])), len(chosen), preprocess, progress
     )

@@ -230,9 +230,12 @@ def _progress(config: BuildConfig, total: int) -> Any:
 
 
 # ---- smoke check --------------------------------------------------------------------------------
-def smoke_images(config: BuildConfig, class_names: List[str]) -> Tuple[List[Any], Optional[np.ndarray]]:
-    """A few real images, evenly spaced over the run's validation split (or ``smoke_data``), and their
-    labels in the order of the model's ``class_names`` (None when the folders are not its classes)."""
+def smoke_images(
+    config: BuildConfig, class_names: List[str], preprocess: Any
+) -> Tuple[List[Any], Optional[np.ndarray]]:
+    """A few real images, evenly spaced over the run's validation split (or ``smoke_data``), loaded for
+    ``preprocess``, and their labels in the order of the model's ``class_names`` (None when the folders are
+    not its classes)."""
     from edgexfer.data import folder_samples, samples_for_run
 
     if config.smoke_data is not None:
@@ -249,6 +252,7 @@ def smoke_images(config: BuildConfig, class_names: List[str]) -> Tuple[List[Any]
         raise DataError("the smoke-check data has no images; pass --smoke-data DIR or --no-smoke")
     count = min(config.smoke_images, len(samples))
     indices = np.unique(np.linspace(0, len(samples) - 1, count).round().astype(int))
+    samples = samples.for_preprocess(preprocess)
     images = [samples.image(int(i)) for i in indices]
     if not set(samples.class_names) <= set(class_names):
         return images, None
@@ -275,7 +279,7 @@ def smoke_check(config: BuildConfig, manifest: Any, artifact: Path) -> Dict[str,
     reference_path = manifest.path_of("onnx")
     metadata = read_metadata(reference_path)
     preprocess = metadata.preprocess
-    images, labels = smoke_images(config, list(metadata.class_names))
+    images, labels = smoke_images(config, list(metadata.class_names), preprocess)
     logits = []
     for name, path in (("onnxruntime", reference_path), (config.backend, artifact)):
         with get_backend(name).load(path) as runner:

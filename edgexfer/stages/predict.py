@@ -6,19 +6,25 @@ whose suffix names its backend (``.onnx``, ``.engine``/``.plan``, ``.xml``, an e
 the artifact's own metadata (ONNX ``metadata_props``, the sidecar JSON of an engine / IR, or the
 checkpoint), so nothing else is needed.
 
-Images are streamed: a batch is decoded, preprocessed and run before the next is read, so memory does
-not grow with the number of images. Before the model is loaded every file is opened once (header only):
-a missing file or one that is not an image fails with one line before any inference. A file whose
-header reads but whose pixel data is corrupt fails with the same kind of line when its batch is decoded;
-no prediction is returned then (the CLI prints nothing on stdout).
+Images are given as files, folders (their image files, sorted), glob patterns (``'photos/*.jpg'``,
+quoted so the shell leaves them) or a list file (``list_file``: one path per line). They are streamed:
+``workers`` threads decode and preprocess the images ahead of inference (at most two batches ahead, so
+memory does not grow with the number of images) while the runner infers the current batch; results come
+out in input order, to ``on_prediction`` as each batch finishes where one is given. Before the model is
+loaded every file is opened once (header only): a missing file or one that is not an image fails with
+one line before any inference. A file whose header reads but whose pixel data is corrupt fails with the
+same kind of line when its turn comes; no :class:`PredictResult` is returned then (the CLI's text and
+``--json`` outputs print nothing on stdout; ``--jsonl`` has printed the images before it).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,12 +45,19 @@ class PredictConfig:
     batch_size: int = 16
     threads: Optional[int] = None
     provider: Optional[str] = None
+    workers: Optional[int] = None
+    list_file: Optional[Path] = None
+    progress: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", Path(self.target))
         object.__setattr__(self, "images", tuple(Path(p) for p in self.images))
-        if not self.images:
-            raise ConfigError("predict needs at least one image file (or a folder of images)")
+        if self.list_file is not None:
+            object.__setattr__(self, "list_file", Path(self.list_file))
+        if not self.images and self.list_file is None:
+            raise ConfigError("predict needs at least one image file, folder or glob pattern, or --list FILE")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0 (0: decode on the inference thread), got {self.workers}")
         if self.top_k < 1:
             raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
         if self.batch_size < 1:
@@ -72,6 +85,13 @@ class PredictResult:
     backend: str
     path: Path
     predictions: List[Dict[str, Any]] = field(default_factory=list)
+    images: int = 0
+    seconds: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        """Images through decode, preprocessing and inference per second of the streaming loop."""
+        return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-safe dict (what ``--json`` prints)."""
@@ -80,6 +100,9 @@ class PredictResult:
             "backend": self.backend,
             "path": str(self.path),
             "predictions": self.predictions,
+            "images": self.images,
+            "seconds": round(self.seconds, 4),
+            "images_per_s": round(self.images_per_s, 2),
         }
 
 
@@ -99,20 +122,46 @@ def model_info(path: Path) -> ModelInfo:
     return ModelInfo(list(meta.class_names), meta.preprocess)
 
 
-def expand_images(paths: Sequence[Path]) -> List[Path]:
-    """Image files as given; a folder contributes the image files under it (sorted)."""
+def expand_images(paths: Sequence[Path], list_file: Optional[Path] = None) -> List[Path]:
+    """Image files as given; a folder contributes the image files under it (sorted); a path that does
+    not exist but has glob characters (``* ? [``) the image files it matches (sorted, ``**`` recursive);
+    then the paths in ``list_file`` (one per line, relative to the current folder; blank lines and
+    ``#`` comments skipped)."""
+    import glob
+
     from edgexfer.preprocess import is_image_file
 
     files: List[Path] = []
-    for path in paths:
+    for path in list(paths) + read_list_file(list_file):
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p.name))
             if not found:
                 raise DataError(f"folder '{path}' has no image files (.jpg, .png, ...)")
             files.extend(found)
+        elif not path.exists() and glob.has_magic(str(path)):
+            found = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
+                           if os.path.isfile(p) and is_image_file(os.path.basename(p)))
+            if not found:
+                raise DataError(f"pattern '{path}' matches no image files (.jpg, .png, ...)")
+            files.extend(found)
         else:
             files.append(path)
     return files
+
+
+def read_list_file(list_file: Optional[Path]) -> List[Path]:
+    """The image paths a list file names (one per line), or [] without one."""
+    if list_file is None:
+        return []
+    try:
+        lines = Path(list_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the image list '{list_file}' ({exc}); expected a text file with one "
+                        "image path per line") from exc
+    paths = [Path(line.strip()) for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not paths:
+        raise DataError(f"image list '{list_file}' names no images; expected one image path per line")
+    return paths
 
 
 def check_images(files: Sequence[Path]) -> None:
@@ -216,32 +265,57 @@ def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> List
     ]
 
 
-def run_predict(config: PredictConfig) -> PredictResult:
-    """Load the chosen artifact and stream the images through it in batches (decode, preprocess as the
-    artifact's metadata says, infer); return top-k per image in the order given."""
+def decode_workers(config: PredictConfig) -> int:
+    """Decode threads: ``--workers``, else up to 4 (one per CPU core)."""
+    return config.workers if config.workers is not None else min(4, os.cpu_count() or 1)
+
+
+def run_predict(
+    config: PredictConfig, on_prediction: Optional[Callable[[Dict[str, Any]], None]] = None
+) -> PredictResult:
+    """Load the chosen artifact and stream the images through it in batches (decode and preprocess as
+    the artifact's metadata says on worker threads, infer); top-k per image in the order given.
+
+    With ``on_prediction``, each image's prediction is handed to it as soon as its batch is inferred
+    (in input order) instead of being kept in the result (``--jsonl``); otherwise it is kept.
+    """
+    from functools import partial
+
+    from tqdm import tqdm
+
     from edgexfer.backends.base import get_backend
-    from edgexfer.preprocess import images_to_batch, load_image
+    from edgexfer.prefetch import chunked, ordered_prefetch
+    from edgexfer.preprocess import image_to_input
 
     name, backend_name, path = resolve_target(config)
     info = model_info(path)
-    files = expand_images(config.images)
+    files = expand_images(config.images, config.list_file)
     check_images(files)
     backend = get_backend(backend_name)
     backend.require_available()
     options = load_options(config, backend, name)
-    result = PredictResult(artifact=name, backend=backend_name, path=path)
+    result = PredictResult(artifact=name, backend=backend_name, path=path, images=len(files))
+    emit = on_prediction or result.predictions.append
     with backend.load(path, options) as runner:
-        for start in range(0, len(files), config.batch_size):
-            chunk = files[start : start + config.batch_size]
-            batch = images_to_batch(
-                [load_image(f) for f in chunk], info.preprocess, runner.input_dtype, runner.input_layout
-            )
-            logits = np.asarray(runner.infer(batch))
-            if logits.shape[1] != len(info.class_names):
-                raise ArtifactError(
-                    f"'{path}' outputs {logits.shape[1]} scores but its metadata names "
-                    f"{len(info.class_names)} classes; re-export the model"
-                )
-            for file, top in zip(chunk, top_k(softmax(logits), info.class_names, config.top_k)):
-                result.predictions.append({"image": str(file), "top": top})
+        prepare = partial(_prepare, preprocess=info.preprocess, dtype=runner.input_dtype,
+                          layout=runner.input_layout, convert=image_to_input)
+        rows = ordered_prefetch(prepare, files, decode_workers(config), window=2 * config.batch_size)
+        start = time.perf_counter()
+        with tqdm(total=len(files), desc="predict", unit="img", disable=not config.progress, leave=False) as bar:
+            for chunk in chunked(rows, config.batch_size):
+                logits = np.asarray(runner.infer(np.stack([row for _, row in chunk])))
+                if logits.shape[1] != len(info.class_names):
+                    raise ArtifactError(
+                        f"'{path}' outputs {logits.shape[1]} scores but its metadata names "
+                        f"{len(info.class_names)} classes; re-export the model"
+                    )
+                for (file, _), top in zip(chunk, top_k(softmax(logits), info.class_names, config.top_k)):
+                    emit({"image": str(file), "top": top})
+                bar.update(len(chunk))
+        result.seconds = time.perf_counter() - start
     return result
+
+
+def _prepare(file: Path, preprocess: Any, dtype: Any, layout: str, convert: Callable[..., np.ndarray]) -> np.ndarray:
+    """One image file -> one row of the runner's input (runs on a decode thread)."""
+    return convert(preprocess.open(file), preprocess, dtype, layout)

@@ -163,6 +163,7 @@ class InputCache:
         from tqdm import tqdm
 
         self.preprocess = preprocess
+        samples = samples.for_preprocess(preprocess)
         self.labels = np.empty(len(indices), dtype=np.int64)
         self.pixels = np.empty((len(indices), 3, preprocess.size, preprocess.size), dtype=np.uint8)
         for row, index in enumerate(

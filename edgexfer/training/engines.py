@@ -87,7 +87,7 @@ class ImageEngine(Engine):
             workers,
         )
         self.val_loader = loop.make_eval_loader(
-            inputs.val,
+            inputs.val.for_preprocess(inputs.preprocess),
             inputs.preprocess.eval_transform(),
             max(inputs.per_rank_batch, EVAL_BATCH),
             runtime,
@@ -138,7 +138,9 @@ class FeatureCacheEngine(Engine):
         batch = max(inputs.per_rank_batch, EVAL_BATCH)
         cached = []
         for name, samples in (("train", inputs.train), ("val", inputs.val)):
-            loader = loop.make_eval_loader(samples, transform, batch, runtime, inputs.workers)
+            loader = loop.make_eval_loader(
+                samples.for_preprocess(inputs.preprocess), transform, batch, runtime, inputs.workers
+            )
             cached.append(
                 features.extract_features(
                     inputs.model, loader, runtime, inputs.progress, f"features ({name})"

@@ -284,7 +284,8 @@ def test_every_bench_option_reaches_the_config(tmp_path):
     changes = {"model": ("resnet18,mobilenet_v3_large",), "run": str(tmp_path), "backend": ("onnxruntime",),
                "precision": ("int8",), "batch": ("2", "4"), "size": 64, "threads": 2, "uint8_input": False,
                "e2e": False, "min_time": 0.5, "min_iterations": 7, "work_dir": "w", "out": "o",
-               "machine_name": "box", "calibration": "c"}
+               "machine_name": "box", "calibration": "c", "mode": "throughput", "in_flight": 3,
+               "decode_workers": 2}
     assert set(changes) == set(base), "a bench option is missing from this walk"
     reference = to_dict(config_from_params(base, progress=False))
     for name, value in changes.items():

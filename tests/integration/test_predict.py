@@ -137,29 +137,114 @@ def test_direct_artifact_paths(cli_runner, built, relative, backend):
     assert got == [int(i) for i in reference.argmax(1)]
 
 
-def test_images_are_streamed_batch_by_batch_in_order(built, monkeypatch):
-    # Decode a batch, run it, then the next: memory holds one batch of images, not the whole folder.
+def _numbered_copies(files, folder, count):
+    """``count`` image files named 00.png, 01.png ... (cycling over ``files``): distinct paths in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for index in range(count):
+        copy = folder / f"{index:02d}.png"
+        shutil.copyfile(files[index % len(files)], copy)
+        copies.append(copy)
+    return copies
+
+
+def _record(monkeypatch, events, decode_delay=None, infer_delay=0.0):
+    """Record decode (path, thread) and infer events; optionally slow either down."""
+    import threading
+    import time
+
     import edgexfer.preprocess
     from edgexfer.backends.onnxruntime import OnnxRuntimeRunner
-    from edgexfer.stages.predict import PredictConfig, run_predict
 
-    events = []
     load_image, infer = edgexfer.preprocess.load_image, OnnxRuntimeRunner.infer
 
-    def loading(path):
-        events.append("decode")
-        return load_image(path)
+    def loading(path, fit=None):
+        if decode_delay:
+            time.sleep(decode_delay(path))
+        events.append(("decode", path.name, threading.current_thread().name))
+        return load_image(path, fit=fit)
 
     def inferring(self, batch):
-        events.append(f"infer {len(batch)}")
-        return infer(self, batch)
+        events.append(("infer start", len(batch)))
+        time.sleep(infer_delay)
+        out = infer(self, batch)
+        events.append(("infer end", len(batch)))
+        return out
 
     monkeypatch.setattr(edgexfer.preprocess, "load_image", loading)
     monkeypatch.setattr(OnnxRuntimeRunner, "infer", inferring)
+
+
+def test_workers_0_decodes_batch_by_batch_on_the_inference_thread(built, monkeypatch):
+    from edgexfer.stages.predict import PredictConfig, run_predict
+
+    events = []
+    _record(monkeypatch, events)
     files = built["files"]  # 6 images
-    result = run_predict(PredictConfig(target=built["run"], images=tuple(files), artifact="onnx", batch_size=4))
-    assert events == ["decode"] * 4 + ["infer 4"] + ["decode"] * 2 + ["infer 2"]
+    result = run_predict(PredictConfig(target=built["run"], images=tuple(files), artifact="onnx", batch_size=4,
+                                       workers=0))
+    kinds = [e[0] if e[0] != "decode" else "decode" for e in events if e[0] != "infer end"]
+    assert kinds == ["decode"] * 4 + ["infer start"] + ["decode"] * 2 + ["infer start"]
+    assert {e[2] for e in events if e[0] == "decode"} == {"MainThread"}
     assert [p["image"] for p in result.predictions] == [str(f) for f in files]
+
+
+def test_decode_threads_overlap_inference_and_results_keep_input_order(built, monkeypatch, tmp_path):
+    from edgexfer.stages.predict import PredictConfig, run_predict
+
+    files = _numbered_copies(built["files"], tmp_path / "imgs", 12)
+    reference = run_predict(PredictConfig(target=built["run"], images=tuple(files), artifact="onnx", workers=0))
+    events = []
+    # Later files decode faster, so threads finish them out of order; inference is slow enough to overlap.
+    _record(monkeypatch, events, decode_delay=lambda path: 0.002 * (12 - int(path.stem)), infer_delay=0.05)
+    result = run_predict(PredictConfig(target=built["run"], images=tuple(files), artifact="onnx", batch_size=2,
+                                       workers=3))
+    assert [p["image"] for p in result.predictions] == [str(f) for f in files]
+    assert result.predictions == reference.predictions  # same pixels, same scores, same order
+    decodes = [e for e in events if e[0] == "decode"]
+    assert all(e[2].startswith("edgexfer-prefetch") for e in decodes)
+    assert [e[1] for e in decodes] != sorted(e[1] for e in decodes)  # really finished out of order
+    # Decoding goes on while a batch is inferred ...
+    first_start, first_end = events.index(("infer start", 2)), events.index(("infer end", 2))
+    assert any(e[0] == "decode" for e in events[first_start:first_end])
+    # ... but never more than two batches (the window) ahead of the images inference has taken.
+    taken = 0
+    for position, event in enumerate(events):
+        if event[0] == "infer start":
+            taken += event[1]
+            assert sum(e[0] == "decode" for e in events[:position]) <= taken + 4
+    assert result.images == 12 and result.images_per_s > 0
+
+
+def test_glob_and_list_file_inputs_and_jsonl(cli_runner, built, tmp_path, monkeypatch):
+    files = _numbered_copies(built["files"], tmp_path / "imgs", 5)
+    monkeypatch.chdir(tmp_path)
+    listing = tmp_path / "list.txt"
+    listing.write_text("# three of them\nimgs/03.png\n\nimgs/01.png\n" + str(files[4]) + "\n")
+    code, out, err = cli_runner("predict", str(built["run"]), str(tmp_path / "imgs" / "0[0-2].png"),
+                                "--list", str(listing), "--jsonl", "-k", "1", "--workers", "2")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]  # stdout is JSON lines only
+    assert [item["image"] for item in lines] == [str(files[i]) for i in (0, 1, 2)] + [
+        "imgs/03.png", "imgs/01.png", str(files[4])]
+    assert all(len(item["top"]) == 1 for item in lines)
+    assert "predicted 6 image(s)" in err and "images/s" in err
+    code, out, err = cli_runner("predict", str(built["run"]), str(files[0]), "--json")
+    assert json.loads(out)["images"] == 1 and json.loads(out)["images_per_s"] > 0
+
+
+@pytest.mark.parametrize("workers", ["0", "3"])
+def test_corrupt_image_in_the_middle_with_decode_threads(cli_runner, built, tmp_path, workers):
+    files = _numbered_copies(built["files"], tmp_path / "imgs", 6)
+    files[3].write_bytes(files[3].read_bytes()[:60])  # header reads, pixel data does not
+    args = ("predict", str(built["run"]), *map(str, files), "--batch-size", "2", "--workers", workers)
+    for output in ((), ("--json",)):  # nothing on stdout: no partial document
+        code, out, err = cli_runner(*args, *output)
+        assert (code, out) == (2, "") and "03.png" in err and "corrupt or truncated" in err, err
+        assert err.count("\n") == 1
+    code, out, err = cli_runner(*args, "--jsonl")  # the batches before the bad one were streamed already
+    assert code == 2 and "corrupt or truncated" in err and err.count("\n") == 1
+    assert [json.loads(line)["image"] for line in out.splitlines()] == [str(files[0]), str(files[1])]
 
 
 def test_non_image_and_corrupt_image_are_one_line_errors(cli_runner, built, tmp_path, monkeypatch):

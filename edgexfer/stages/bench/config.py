@@ -10,6 +10,7 @@ from edgexfer.errors import BackendUnavailableError, ConfigError
 
 BENCH_SCHEMA_VERSION = 1
 DEFAULT_MODELS = ("resnet18", "mobilenet_v3_large", "efficientnet_b0")
+MODES = ("latency", "throughput")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class BenchConfig:
     rounds: int = 3
     seed: int = 0
     progress: bool = True
+    mode: str = "latency"
+    in_flight: int = 0
+    decode_workers: int = 0
 
     def __post_init__(self) -> None:
         for name in ("models", "batch_sizes", "precisions"):
@@ -61,6 +65,11 @@ class BenchConfig:
                 raise ConfigError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
         if self.size < 32:
             raise ConfigError(f"bench input size must be >= 32, got {self.size}")
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown --mode '{self.mode}'; choose one of {', '.join(MODES)}")
+        if self.in_flight < 0 or self.decode_workers < 0:
+            raise ConfigError(f"--in-flight and --decode-workers must be >= 0 (0: the runtime's / the "
+                              f"machine's choice), got {self.in_flight} and {self.decode_workers}")
         if self.rounds < 1:
             raise ConfigError(f"--rounds must be >= 1, got {self.rounds}")
         if self.threads is not None and self.threads < 1:

@@ -43,9 +43,7 @@ def synthetic_photos(folder: Path, count: int = E2E_IMAGES, seed: int = 0) -> Li
 def shared_pixels(photos: List[Path], preprocess: Any, count: int) -> np.ndarray:
     """uint8 NCHW pixels of the first ``count`` photos (cycling), resized and cropped once: the same
     input for every backend of a model."""
-    from edgexfer.preprocess import load_image
-
-    return np.stack([preprocess.to_uint8(load_image(photos[i % len(photos)]), "NCHW") for i in range(count)])
+    return np.stack([preprocess.to_uint8(preprocess.open(photos[i % len(photos)]), "NCHW") for i in range(count)])
 
 
 def input_batch(pixels: np.ndarray, runner: Any, preprocess: Any) -> np.ndarray:
@@ -57,8 +55,6 @@ def input_batch(pixels: np.ndarray, runner: Any, preprocess: Any) -> np.ndarray:
 
 def host_call(runner: Any, preprocess: Any, paths: List[Path], batch: int) -> Callable[[], np.ndarray]:
     """The host side of one end-to-end batch alone: decode and preprocess, no inference (cycling files)."""
-    from edgexfer.preprocess import load_image
-
     uint8 = np.dtype(runner.input_dtype) == np.uint8
     layout = runner.input_layout
     position = [0]
@@ -66,7 +62,7 @@ def host_call(runner: Any, preprocess: Any, paths: List[Path], batch: int) -> Ca
     def call() -> np.ndarray:
         images = []
         for _ in range(batch):
-            image = load_image(paths[position[0] % len(paths)])
+            image = preprocess.open(paths[position[0] % len(paths)])
             position[0] += 1
             images.append(preprocess.to_uint8(image, layout) if uint8 else preprocess.to_array(image))
         return np.stack(images)

@@ -103,6 +103,7 @@ def measure_model(targets: List[BenchTarget], pixels: np.ndarray, photos: List[P
     with ExitStack() as stack:
         loaded, rows = _load_all(targets, stack, threads)
         for batch in config.batch_sizes:
+            first = len(rows)  # _jobs appends one row per loaded target, in order
             jobs = _jobs(loaded, batch, pixels, photos, config, rows)
             samples, errors = measure_interleaved(jobs, config.rounds, lambda i: timing_round(config, i))
             for (index, _), exc in errors.items():
@@ -110,6 +111,11 @@ def measure_model(targets: List[BenchTarget], pixels: np.ndarray, photos: List[P
             for (index, what), seconds in samples.items():
                 if rows[index]["status"] == "ok":
                     rows[index][what] = latency_stats(seconds, batch)
+            if config.mode == "throughput":
+                from edgexfer.stages.bench.throughput import measure_throughput
+
+                measure_throughput([(first + i, pair) for i, pair in enumerate(loaded)
+                                    if rows[first + i]["status"] == "ok"], batch, pixels, photos, config, rows)
             for index in sorted({index for index, _ in jobs}):
                 row = rows[index]
                 if row["status"] == "ok" and "e2e" in row:

@@ -62,11 +62,10 @@ def uint8_int8_variant(run_dir: Path, source: str, calibration: Path) -> str:
 def _calibration_pixels(calibration: Path, preprocess: Any) -> np.ndarray:
     """uint8 NCHW pixels of up to VARIANT_CHECK_IMAGES real images spread over the calibration folder."""
     from edgexfer.quant.calibration import image_files
-    from edgexfer.preprocess import load_image
 
     files = image_files(calibration)
     indices = np.unique(np.linspace(0, len(files) - 1, min(VARIANT_CHECK_IMAGES, len(files))).round().astype(int))
-    return np.stack([preprocess.to_uint8(load_image(files[int(i)]), "NCHW") for i in indices])
+    return np.stack([preprocess.to_uint8(preprocess.open(files[int(i)]), "NCHW") for i in indices])
 
 
 def _check(source_path: Path, variant_path: Path, pixels: np.ndarray, preprocess: Any, source: str) -> Any:

@@ -63,6 +63,7 @@ def load_eval_slice(config: ExportConfig, meta: Any) -> EvalSlice:
             f"evaluation classes {samples.class_names[:5]} differ from the checkpoint's "
             f"{meta.class_names[:5]}"
         )
+    samples = samples.for_preprocess(meta.preprocess)
     chosen = sample_indices(len(samples), config.eval_size, config.seed + 1)
     size = meta.preprocess.size
     inputs = np.empty((len(chosen), 3, size, size), np.float32)
