@@ -228,6 +228,9 @@ def _missing_source_message(config: BuildConfig, source: str, manifest: Any) -> 
     how = f"'edgexfer export {config.run_dir}'"
     if source in targets:
         how = f"'edgexfer export {config.run_dir} --int8 --target {targets[source]}'"
+        fallbacks = get_backend(config.backend).int8_fallback_sources if config.source is None else ()
+        if fallbacks:
+            how += f" (or one of {', '.join(fallbacks)}: --target {', '.join(targets[f] for f in fallbacks)})"
     return (
         f"building {config.backend} {config.precision} needs the '{source}' artifact, which run "
         f"'{config.run_dir}' does not have (it has: {have}); make it with {how}"
