@@ -18,7 +18,7 @@ from edgexfer.preprocess import Preprocess
 PREFIX = "edgexfer."
 INPUT_FORMATS = ("float_nchw", "uint8_nchw", "uint8_nhwc")
 PRECISIONS = ("fp32", "int8")
-TARGETS = ("cpu", "tensorrt")
+TARGETS = ("cpu", "tensorrt", "openvino")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ REFERENCE_BACKEND = "torch"
 # with the precision they compute in.
 EXPORT_MODELS: Dict[str, str] = {
     "onnx_int8_cpu": "int8",
+    "onnx_int8_openvino": "int8",
     "onnx": "fp32",
     "onnx_uint8": "fp32",
     "onnx_int8_tensorrt": "int8",
@@ -174,6 +175,9 @@ class Backend(abc.ABC):
     # Whether export scores this target's INT8 candidates on this backend when it is usable, instead of
     # ONNX Runtime; such a backend defines ``int8_judge(home) -> Int8Judge`` (backends/int8_judge.py).
     judges_int8: bool = False
+    # Export artifacts ``int8`` is built from when the run lacks ``int8_source`` (in this order); the build
+    # records which one it used.
+    int8_fallback_sources: Tuple[str, ...] = ()
     # File suffixes of the artifacts this backend loads (``predict FILE`` picks the backend by them).
     suffixes: Tuple[str, ...] = ()
     # The options :meth:`build` takes (declared here so the CLI and the pipeline derive theirs).

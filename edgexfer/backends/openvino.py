@@ -1,8 +1,10 @@
 """The OpenVINO backend (optional extra ``edgexfer[openvino]``): on x86 the other fast CPU runtime.
 
 Build = convert the ONNX model to OpenVINO IR (``build/openvino_<precision>.xml`` + ``.bin``) with a
-sidecar JSON holding the edgexfer metadata. INT8 takes the CPU QDQ model: OpenVINO's low-precision
-transformations turn its FakeQuantize pairs into INT8 kernels. FP32 and INT8 runs pin the inference
+sidecar JSON holding the edgexfer metadata. INT8 takes the ``openvino`` target's QDQ model (the quantizer
+candidate that won on OpenVINO at export: edgexfer's recipe or NNCF), or the CPU QDQ model in a run
+exported without that target: OpenVINO's low-precision transformations turn their FakeQuantize pairs into
+INT8 kernels. FP32 and INT8 runs pin the inference
 precision to f32 for the layers that stay float, because on CPUs with BF16/AMX OpenVINO would
 otherwise quietly run them in bf16 and parity with the ONNX model would drift.
 """
@@ -201,6 +203,9 @@ class OpenVinoBackend(Backend):
 
     name = "openvino"
     precisions = ("fp32", "fp16", "int8")
+    int8_source = "onnx_int8_openvino"
+    int8_target = "openvino"
+    int8_fallback_sources = ("onnx_int8_cpu",)
     suffixes = (".xml",)
 
     def availability(self) -> Tuple[bool, str]:

@@ -16,6 +16,7 @@ import click
 from edgexfer.console import shell_arg
 
 from edgexfer.backends.trt_compat import TRT8_MAX_OPSET
+from edgexfer.quant.candidates import QUANTIZER_CHOICES
 from edgexfer.quant.ranges import METHOD_CHOICES
 from edgexfer.stages.export.config import MAX_OPSET, MIN_OPSET, TARGET_CHOICES, UINT8_LAYOUTS, ExportConfig
 
@@ -57,8 +58,16 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> ExportConfig:
     type=click.Choice(TARGET_CHOICES),
     default=_DEFAULTS["target"],
     show_default=True,
-    help="cpu: U8 activations / S8 per-channel weights (ORT, OpenVINO on x86); tensorrt: "
-    "symmetric S8 QDQ by TensorRT's rules.",
+    help="cpu: U8 activations / S8 per-channel weights, scored on ONNX Runtime; openvino: scored on "
+    "OpenVINO (NNCF competes); tensorrt: symmetric S8 QDQ by TensorRT's rules.",
+)
+@click.option(
+    "--quantizer",
+    type=click.Choice(QUANTIZER_CHOICES),
+    default=_DEFAULTS["quantizer"],
+    show_default=True,
+    help="Who quantizes: edgexfer's recipe, nncf (OpenVINO target; pip install 'edgexfer[nncf]'), or auto: "
+    "every installed one serving the target competes on its runtime (accuracy, then latency).",
 )
 @click.option(
     "--calib",
@@ -151,14 +160,17 @@ def export(**_: Any) -> None:
         click.echo(f"{name:<20} {path}  [{_detail(result.metrics[name])}]")
     click.echo(f"manifest: {config.run_dir / 'manifest.json'}")
     precision = "int8" if config.int8 else "fp32"
-    click.echo(f"next: edgexfer build {shell_arg(config.run_dir)} --backend onnxruntime --precision {precision}")
+    backend = "openvino" if config.int8 and config.target == "openvino" else "onnxruntime"
+    click.echo(f"next: edgexfer build {shell_arg(config.run_dir)} --backend {backend} --precision {precision}")
 
 
 def _detail(metrics: Dict[str, Any]) -> str:
     """One artifact's line: the INT8 accuracy summary, or the float/uint8 parity."""
     if "drop" in metrics:
         return (
-            f"{metrics['calib_method']}, top-1 {metrics['float_top1']:.2f} -> {metrics['int8_top1']:.2f} "
+            f"{metrics.get('quantizer', 'edgexfer')}/{metrics['calib_method']} "
+            f"on {metrics.get('runtime', 'onnxruntime')}"
+            f"{_rivals(metrics)}, top-1 {metrics['float_top1']:.2f} -> {metrics['int8_top1']:.2f} "
             f"(drop {metrics['drop']:.2f}) on {metrics['eval_images']} held-out images"
             + (
                 f", {len(metrics['excluded_nodes'])} layer(s) in "
@@ -173,3 +185,9 @@ def _detail(metrics: Dict[str, Any]) -> str:
         f"max abs diff {metrics['max_abs_diff']:.2e}, top-1 agreement "
         f"{metrics['top1_agreement']:.4f}" + (" (up to date)" if metrics.get("reused") else "")
     )
+
+
+def _rivals(metrics: Dict[str, Any]) -> str:
+    """' (won against nncf)' when other quantizers competed."""
+    others = [name for name in metrics.get("candidates", {}) if name != metrics.get("quantizer")]
+    return f" (won against {', '.join(others)})" if others else ""

@@ -12,6 +12,7 @@ between targets, so the code that drives quantization never asks which target it
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -39,6 +40,8 @@ class QuantRecipe:
     dedicated_qdq_pairs: bool = False
     unquantized_outputs: Tuple[str, ...] = ()  # op types whose outputs get no Q/DQ
     post_fixups: Tuple[Fixup, ...] = field(default=())
+    # the runtime (an edgexfer backend) whose scores choose among this target's quantizer candidates
+    runtime: str = "onnxruntime"
 
     @classmethod
     def cpu_x86(cls) -> "QuantRecipe":
@@ -52,6 +55,11 @@ class QuantRecipe:
             weight_symmetric=True,
             rules=QdqRules.cpu(),
         )
+
+    @classmethod
+    def openvino(cls) -> "QuantRecipe":
+        """The x86 recipe, judged by OpenVINO's rules and scored on OpenVINO (where NNCF competes with it)."""
+        return dataclasses.replace(cls.cpu_x86(), target="openvino", rules=QdqRules.openvino(), runtime="openvino")
 
     @classmethod
     def tensorrt(cls) -> "QuantRecipe":
@@ -122,10 +130,19 @@ class QuantRecipe:
             "unquantized_outputs": list(self.unquantized_outputs),
             "post_fixups": [f.__name__ for f in self.post_fixups],
             "rules": self.rules.name,
+            "runtime": self.runtime,
         }
 
+    def quantization_key(self) -> Tuple[Any, ...]:
+        """What decides the quantized model (not the target's name, rules or scoring runtime): two recipes
+        with the same key make the same model from the same ranges."""
+        described = self.to_dict()
+        return tuple((k, repr(v)) for k, v in sorted(described.items()) if k not in ("target", "rules", "runtime"))
 
-RECIPES: Dict[str, QuantRecipe] = {r.target: r for r in (QuantRecipe.cpu_x86(), QuantRecipe.tensorrt())}
+
+RECIPES: Dict[str, QuantRecipe] = {
+    r.target: r for r in (QuantRecipe.cpu_x86(), QuantRecipe.tensorrt(), QuantRecipe.openvino())
+}
 
 
 def recipe_for(target: str) -> QuantRecipe:

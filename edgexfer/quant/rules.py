@@ -4,6 +4,8 @@ One INT8 recipe does not fit all (see ../shared/deploy-notes.md):
 
 - :meth:`QdqRules.cpu`: U8 activations (asymmetric, per tensor), S8 weights per output channel: what
   ONNX Runtime and OpenVINO run fast on x86 (VNNI).
+- :meth:`QdqRules.openvino`: OpenVINO's low-precision transformations take U8 or S8 activations (NNCF's
+  symmetric presets make S8 where a tensor can be negative), per tensor, and S8 per-channel weights.
 - :meth:`QdqRules.tensorrt`: symmetric S8 everywhere (zero points 0), weights per output channel,
   activations per tensor, no int32 bias DequantizeLinear (TensorRT 8.6 accepts int8 DQ only), a Q/DQ
   pair on the identity branch of every residual Add and none on the other (so TensorRT fuses that
@@ -15,7 +17,7 @@ One INT8 recipe does not fit all (see ../shared/deploy-notes.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,11 +42,27 @@ class QdqRules:
     residual_qdq: bool = False  # Q/DQ on each residual Add's identity input, none on its conv branch
     max_opset: Optional[int] = None
     max_opset_reason: str = ""
+    also_activation_dtypes: Tuple[str, ...] = ()  # accepted besides ``activation_dtype``
+    # ops the runtime carries an INT8 tensor through unchanged: a weighted op whose input comes through
+    # them from a DequantizeLinear has a quantized input
+    precision_preserving: Tuple[str, ...] = ()
 
     @classmethod
     def cpu(cls) -> "QdqRules":
         """ONNX Runtime and OpenVINO on x86: U8 activations, S8 per-channel weights."""
         return cls(name="cpu", activation_dtype="uint8")
+
+    @classmethod
+    def openvino(cls) -> "QdqRules":
+        """OpenVINO on CPU: its FakeQuantize folding runs U8 and S8 activations alike (NNCF makes S8 where a
+        tensor can be negative), per tensor; S8 per-channel weights."""
+        return cls(
+            name="openvino",
+            activation_dtype="uint8",
+            also_activation_dtypes=("int8",),
+            # OpenVINO's low-precision transformations move dequantization through these
+            precision_preserving=("MaxPool", "Flatten", "Reshape", "Identity", "Transpose", "Squeeze", "Unsqueeze"),
+        )
 
     @classmethod
     def tensorrt(cls) -> "QdqRules":
@@ -107,10 +125,11 @@ def _check_qdq_node(graph: Graph, node: Any, rules: QdqRules, problems: List[str
     if rules.symmetric and zero is not None and np.any(zero != 0):
         problems.append(f"'{node.name}' has a non-zero zero point ({rules.name} needs symmetric QDQ)")
     if not graph.is_weight_path(node.input[0]):
-        if zero is not None and zero.dtype != np.dtype(rules.activation_dtype):
+        accepted = (rules.activation_dtype,) + rules.also_activation_dtypes
+        if zero is not None and zero.dtype.name not in accepted:
             problems.append(
                 f"'{node.name}' quantizes an activation to {zero.dtype}, expected "
-                f"{rules.activation_dtype} for target {rules.name}"
+                f"{' or '.join(accepted)} for target {rules.name}"
             )
         scale = graph.input_const(node, 1)
         if scale is not None and scale.size != 1:
@@ -133,6 +152,16 @@ def _check_residuals(graph: Graph, model: Any, excluded: Sequence[str], problems
             )
 
 
+def _input_dequantizer(graph: Graph, name: str, through: Sequence[str]) -> Any:
+    """The DequantizeLinear feeding tensor ``name``, directly or through ``through`` ops (first inputs)."""
+    found = graph.dequantized_by(name)
+    producer = graph.producer.get(name)
+    while found is None and producer is not None and producer.op_type in through:
+        found = graph.dequantized_by(producer.input[0])
+        producer = graph.producer.get(producer.input[0])
+    return found
+
+
 def check_rules(model: Any, rules: QdqRules, excluded: Sequence[str] = ()) -> List[str]:
     """Every way ``model`` breaks ``rules`` (empty when it follows them).
 
@@ -147,7 +176,7 @@ def check_rules(model: Any, rules: QdqRules, excluded: Sequence[str] = ()) -> Li
     for node in graph.nodes:
         if node.op_type in WEIGHTED_OPS and node.name not in excluded_set:
             if len(node.input) > 1 and graph.is_weight_path(node.input[1]):
-                if graph.dequantized_by(node.input[0]) is None:
+                if _input_dequantizer(graph, node.input[0], rules.precision_preserving) is None:
                     problems.append(f"{node.op_type} '{node.name}' has an unquantized input")
                 _check_weight(graph, node, problems)
     opset = default_opset(model)

@@ -54,6 +54,21 @@ def default_source(backend: str, precision: str) -> str:
     return get_backend(backend).int8_source if precision == "int8" else "onnx"
 
 
+def available_source(backend: str, precision: str, manifest: Any) -> str:
+    """:func:`default_source`, or the first of the backend's ``int8_fallback_sources`` the run has when it
+    lacks that one (OpenVINO builds int8 from the CPU QDQ model of a run exported without its target)."""
+    from edgexfer.backends.base import get_backend
+
+    source = default_source(backend, precision)
+    if precision != "int8" or manifest.has(source):
+        return source
+    for fallback in get_backend(backend).int8_fallback_sources:
+        if manifest.has(fallback):
+            log.info("%s int8: the run has no '%s'; building from '%s'", backend, source, fallback)
+            return fallback
+    return source
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """Options of ``edgexfer build``. ``options`` are the backend's declared build options
@@ -120,7 +135,7 @@ def run_build(config: BuildConfig) -> BuildOutcome:
     backend.require_available()
     backend.check_precision(config.precision)
     manifest = Manifest.open(config.run_dir)
-    source = config.source or default_source(config.backend, config.precision)
+    source = config.source or available_source(config.backend, config.precision, manifest)
     if not manifest.has(source):
         raise ArtifactError(_missing_source_message(config, source, manifest))
     source_sha = manifest.require(source).sha256
@@ -216,6 +231,9 @@ def _missing_source_message(config: BuildConfig, source: str, manifest: Any) -> 
     how = f"'edgexfer export {config.run_dir}'"
     if source in targets:
         how = f"'edgexfer export {config.run_dir} --int8 --target {targets[source]}'"
+        fallbacks = get_backend(config.backend).int8_fallback_sources if config.source is None else ()
+        if fallbacks:
+            how += f" (or one of {', '.join(fallbacks)}: --target {', '.join(targets[f] for f in fallbacks)})"
     return (
         f"building {config.backend} {config.precision} needs the '{source}' artifact, which run "
         f"'{config.run_dir}' does not have (it has: {have}); make it with {how}"

@@ -167,7 +167,8 @@ def test_missing_int8_source_says_which_export_to_run(cli_runner, tmp_path):
     run = factory.exported_run(tmp_path / "floatonly", int8=False)
     code, _, err = cli_runner("build", str(run), "--backend", "openvino", "--precision", "int8")
     assert code == 2
-    assert "needs the 'onnx_int8_cpu' artifact" in err and "--int8 --target cpu" in err
+    assert "needs the 'onnx_int8_openvino' artifact" in err and "--int8 --target openvino" in err
+    assert "(or one of onnx_int8_cpu: --target cpu)" in err
 
 
 def test_stale_source_is_refused(cli_runner, run):

@@ -157,7 +157,7 @@ def test_export_trained_run_end_to_end(trained_run_copy, tmp_path):
         progress=False,
     )
     result = run_export(config)
-    assert set(result.paths) == {"onnx", "onnx_uint8", "onnx_int8_cpu", "onnx_int8_tensorrt"}
+    assert set(result.paths) == {"onnx", "onnx_uint8", "onnx_int8_cpu", "onnx_int8_tensorrt", "onnx_int8_openvino"}
     manifest = Manifest.open(run)
     for name in result.paths:
         manifest.require(name)
@@ -196,6 +196,19 @@ def test_export_trained_run_end_to_end(trained_run_copy, tmp_path):
         assert audit(onnx.load(str(result.paths[f"onnx_int8_{target}"])), m["excluded_nodes"]) == []
         assert m["calib_images"] == 48 and m["calib_source"].startswith("train split")
         assert m["calib_cache_hit"] == {"minmax": False, "entropy": False, "percentile": False}
+    # openvino: its candidates measured on OpenVINO (here edgexfer's recipe, the cpu model's run shared)
+    m = manifest.get("onnx_int8_openvino").metrics
+    assert m["runtime"] == "openvino" and "edgexfer" in m["candidates"]
+    if m["quantizer"] == "edgexfer":
+        assert m["same_model_as"] == "cpu"
+        assert m["method_scores"] == manifest.get("onnx_int8_cpu").metrics["method_scores"]
+    from edgexfer.backends.base import get_backend
+
+    with get_backend("openvino").load(result.paths["onnx_int8_openvino"], {"precision": "int8"}) as runner:
+        ov_logits = np.concatenate([runner.infer(floats[i : i + 16]) for i in range(0, len(floats), 16)])
+    ov_top1 = 100.0 * float(np.mean(ov_logits.argmax(1) == val.labels))
+    assert m["int8_top1"] == pytest.approx(ov_top1) == m["candidates"][m["quantizer"]]["top1"]
+    assert m["agreement"] == pytest.approx(float(np.mean(ov_logits.argmax(1) == float_logits.argmax(1))))
     first = {name: sha256_file(path) for name, path in result.paths.items()}
     # a re-run reuses the float model and serves the ranges from the cache: same INT8 bytes
     again = run_export(config)

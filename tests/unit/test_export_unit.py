@@ -230,7 +230,7 @@ def test_parity_gate():
 
 
 def test_export_config_validation(tmp_path):
-    assert ExportConfig(run_dir=tmp_path, int8=True).targets == ("cpu", "tensorrt")
+    assert ExportConfig(run_dir=tmp_path, int8=True).targets == ("cpu", "tensorrt", "openvino")
     assert ExportConfig(run_dir=tmp_path, calib_method="auto").methods == ("minmax", "entropy", "percentile")
     assert ExportConfig(run_dir=tmp_path, uint8_layout="nchw").uint8_layout == "NCHW"
     with pytest.raises(ConfigError, match="TensorRT 8.5/8.6"):
@@ -246,6 +246,7 @@ def test_export_config_validation(tmp_path):
         {"parity_atol": -1.0},
         {"parity_rtol": float("nan")},
         {"max_fallback": -1},
+        {"quantizer": "modelopt"},
     ):
         with pytest.raises(ConfigError):
             ExportConfig(run_dir=Path(tmp_path), **bad)

@@ -48,9 +48,13 @@ def run_export(config: ExportConfig) -> ExportResult:
     calib, calib_load_seconds = None, 0.0
     if config.int8:  # a missing quantizer or bad calibration input fails before anything is written
         from edgexfer.quant.calibration import run_calibration_set
+        from edgexfer.quant.candidates import check_choice
         from edgexfer.quant.ort_quantize import check_quantizer
+        from edgexfer.stages.export.int8 import int8_targets
 
         check_quantizer()
+        check_choice(config.quantizer, config.targets)
+        int8_targets(config)
         begin = time.perf_counter()
         calib = run_calibration_set(
             config.run_dir, config.calib, meta.preprocess, config.calib_size, config.seed, config.progress
@@ -84,6 +88,7 @@ def _headline(metrics: Dict[str, Any]) -> Dict[str, Any]:
         "int8_top1",
         "drop",
         "calib_method",
+        "quantizer",
         "export_seconds",
         "calib_seconds",
         "quantize_seconds",

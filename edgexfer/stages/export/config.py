@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 from edgexfer.backends.trt_compat import TRT8_MAX_OPSET
 from edgexfer.compare import Tolerance
 from edgexfer.errors import ConfigError
+from edgexfer.quant.candidates import QUANTIZER_CHOICES
 from edgexfer.quant.ranges import METHOD_CHOICES, METHODS
 from edgexfer.quant.recipes import RECIPES, recipe_for
 
@@ -30,6 +31,7 @@ class ExportConfig:
     uint8_layout: str = "NHWC"
     int8: bool = False
     target: str = "all"
+    quantizer: str = "auto"
     calib: Optional[Path] = None
     calib_size: int = 512
     calib_method: str = "auto"
@@ -63,6 +65,8 @@ class ExportConfig:
                     f"--opset {self.opset} is above {rules.max_opset}, {rules.max_opset_reason}; use "
                     f"--opset {rules.max_opset} or lower with --target {target}/all, or another --target"
                 )
+        if self.quantizer not in QUANTIZER_CHOICES:
+            raise ConfigError(f"unknown --quantizer '{self.quantizer}'; choose one of {', '.join(QUANTIZER_CHOICES)}")
         if self.uint8_layout.upper() not in UINT8_LAYOUTS:
             raise ConfigError(f"unknown --uint8-layout '{self.uint8_layout}'; choose nchw or nhwc")
         object.__setattr__(self, "uint8_layout", self.uint8_layout.upper())
