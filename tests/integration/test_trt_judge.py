@@ -65,7 +65,7 @@ def test_with_tensorrt_candidates_are_scored_on_engines(cli_runner, run_data, mo
         "-q", "verify", str(run), "--backends", "tensorrt", "--data", str(eval_dir), "--no-latency",
         "--bootstrap", "300",
     )
-    assert code == 0, err
+    assert code in (0, 5), err  # random weights may sit at chance (INCONCLUSIVE); which runner ran is the point
     entry = json.loads((run / "verify" / "verify.json").read_text())["artifacts"][0]
     assert (entry["name"], entry["backend"], entry["runner"]["runner"]) == ("tensorrt_int8", "tensorrt", "tensorrt")
     assert "stand_in_for" not in entry and trt.log["executed"] - before == 12  # verify ran the engine
@@ -94,7 +94,7 @@ def test_without_tensorrt_onnxruntime_stands_in_and_says_so(cli_runner, run_data
         "-q", "verify", str(run), "--artifact", "onnx_int8_tensorrt", "--artifact", "onnx_int8_cpu",
         "--data", str(eval_dir), "--no-latency", "--bootstrap", "300",
     )
-    assert code in (0, 3), err  # an untrained net may miss the default gate; the labels are what matter here
+    assert code in (0, 3, 5), err  # an untrained net may miss the gate or sit at chance (5); the labels matter here
     printed = {x.split()[0]: x for x in out.splitlines() if x.strip().startswith("onnx_int8_")}
     assert printed["onnx_int8_tensorrt"].endswith("[on onnxruntime, stand-in for tensorrt]")
     assert "stand-in" not in printed["onnx_int8_cpu"]
