@@ -106,5 +106,19 @@ def record(config: Any, device: Any, result: Any, folder: Path, bundle: Any) -> 
                                                  "backend": result.backend, "precisions": list(config.precisions)},
                               metrics={"verify": summary, "bytes_sent": result.transfer.bytes_sent,
                                        "files_sent": result.transfer.files_sent, "copy": result.transfer.tool},
-                              status="done" if (result.verify or {}).get("gate", {}).get("passed") else "failed")
+                              status=_stage_status(result.verify or {}))
     return named
+
+
+def _stage_status(verify: Dict[str, Any]) -> str:
+    """The deploy stage's status as a local verify records its own: done, inconclusive or failed."""
+    return {"passed": "done", "inconclusive": "inconclusive"}.get(verdict_status(verify), "failed")
+
+
+def verdict_status(verify: Dict[str, Any]) -> str:
+    """A device's verify.json verdict (``passed``, ``failed``, ``inconclusive`` ...); files from an
+    edgexfer without verdicts have only ``gate.passed``."""
+    status = verify.get("verdict", {}).get("status")
+    if status:
+        return status
+    return "passed" if verify.get("gate", {}).get("passed") else "failed"

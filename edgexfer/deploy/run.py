@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional
 
+from edgexfer.deploy.collect import verdict_status
 from edgexfer.deploy.config import DeployConfig
 from edgexfer.deploy.remote import BundleCache, DeviceResult, deploy_device
 from edgexfer.errors import EdgexferError, InconclusiveError, ParityError
@@ -37,13 +38,12 @@ def deploy_outcome(results: List[DeviceResult]) -> Optional[EdgexferError]:
     for result in results:
         if result.error is not None:
             return result.error
-    failed = [r for r in results if r.verify is not None and not r.verify["gate"]["passed"]]
+    failed = [r for r in results if r.verify is not None and verdict_status(r.verify) == "failed"]
     if failed:
         reasons = "; ".join(f"{r.target.host}: {f['artifact']}: {f['reason']}" for r in failed
                             for f in r.verify["gate"]["failures"][:1])
         return ParityError(f"parity gate failed on {len(failed)} device(s): {reasons}")
-    unsure = [r for r in results if r.verify is not None
-              and r.verify.get("verdict", {}).get("status") == "inconclusive"]
+    unsure = [r for r in results if r.verify is not None and verdict_status(r.verify) == "inconclusive"]
     if unsure:
         reasons = "; ".join(f"{r.target.host}: {r.verify['verdict'].get('reason')}" for r in unsure)
         return InconclusiveError(f"verdict INCONCLUSIVE on {len(unsure)} device(s): {reasons}")

@@ -101,11 +101,14 @@ def test_round_trip_quoting_delta_tamper_gate(server, device_python, hostile_run
     remote = remote_parent / "dir $(touch PWNED_DIR); 'x\""
     config = server.client_config("ssh_config")
     code, out, err = deploy(hostile_run, f"device:{remote}", config=config, python=device_python)
-    assert code == 0, err
+    # the run's random weights sit at chance on the device's images: its verify is INCONCLUSIVE (exit 5
+    # there), and so is the deploy's, with the device named; every output still comes back
+    assert code == 5, err
+    assert err.strip().splitlines()[-1].startswith("edgexfer: error: verdict INCONCLUSIVE on 1 device(s): device:")
     # the verdict table of a local verify, with the device named
     assert "device device (onnxruntime; " in out and "by rsync" in out
     assert "reference torch fp32" in out
-    assert any(line.strip().startswith("onnxruntime_int8") and "PASSED" in line for line in out.splitlines())
+    assert any(line.strip().startswith("onnxruntime_int8") and "INCONCLUSIVE" in line for line in out.splitlines())
     first = sent_bytes(out)
     assert first > 1_000_000  # the models went over the wire
     # outputs back in the run, recorded with their hashes
@@ -134,7 +137,7 @@ def test_round_trip_quoting_delta_tamper_gate(server, device_python, hostile_run
     # second deploy: rsync sends only what changed (nothing but rsync's own bookkeeping)
     code, out, err = deploy(hostile_run, f"device:{remote}", "--precision", "int8", "--no-bench", config=config,
                             python=device_python)
-    assert code == 0, err
+    assert code == 5, err
     assert sent_bytes(out) < first / 1000
 
     # a bundle file changed on the device with size and mtime kept: rsync's quick check misses it, the
@@ -170,7 +173,7 @@ def test_without_rsync_only_what_differs_is_sent(server, device_python, hostile_
     code, out, err = deploy(hostile_run, f"device:{remote}", "--copy", "ssh", "--precision", "int8", "--no-bench",
                             "--keep", config=None, python=device_python, env={"EDGEXFER_SSH_CONFIG": str(config)},
                             data="--device-data")
-    assert code == 0, err
+    assert code == 5, err  # at chance (random weights): INCONCLUSIVE, see the round-trip test
     assert "by ssh" in out and sent_bytes(out) > 1_000_000
     assert (remote / "run" / "build").is_dir()  # --keep: the work run stays
     assert not (remote / "bundle" / "data").exists()  # --device-data: the images were already there
@@ -200,16 +203,16 @@ def test_two_devices_in_parallel_make_a_matrix(server, device_python, hostile_ru
             "--ssh-config", str(config)]
     proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
                           timeout=900, check=False)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 5, proc.stderr  # random weights: INCONCLUSIVE on both devices
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("device  ") and "p99 ms" in line)
     rows = lines[header + 1:header + 3]
     assert sorted(row.split()[0] for row in rows) == ["orin-a", "orin-b"]
-    assert all("onnxruntime_int8" in row and row.rstrip().endswith("PASSED") for row in rows)
+    assert all("onnxruntime_int8" in row and row.rstrip().endswith("INCONCLUSIVE") for row in rows)
     manifest = json.loads((hostile_run / "manifest.json").read_text())
     for slug in ("orin-a", "orin-b"):
         assert (hostile_run / "devices" / slug / "verify" / "verify.json").is_file()
-        assert manifest["stages"][f"deploy:{slug}"]["status"] == "done"
+        assert manifest["stages"][f"deploy:{slug}"]["status"] == "inconclusive"
 
 
 def _error(run: Path, to: str, config: Path, python, *extra: str):
