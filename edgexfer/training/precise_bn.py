@@ -14,6 +14,10 @@ variances misses the spread of the batch means. Under DDP every rank pools its s
 all-reduce of (count, sum, sum of squares) gives every rank the same statistics, as pycls'
 ``compute_precise_bn_stats`` all-reduces its per-GPU estimates.
 
+The per-batch statistics are BatchNorm's own (momentum 1 for the pass, so its buffers hold the batch's
+mean and unbiased variance after each call; a hook turns them into sums), so the pass costs one plain
+forward per image.
+
 What runs: only the BatchNorm layers that train (in train mode: frozen ones stay in eval mode,
 :func:`edgexfer.training.loop.set_frozen_modules_eval`) normalise with batch statistics, as in training;
 every other module is in eval mode (dropout and stochastic depth off: the statistics are those the
@@ -113,29 +117,32 @@ def recompute_bn_stats(model: Any, loader: Any, runtime: "Runtime") -> PreciseBN
         return PreciseBNResult(0, 0, 0.0)
     # per layer: [count, sum of x per channel, sum of x^2 per channel], float64
     sums = [torch.zeros(1 + 2 * m.num_features, dtype=torch.float64, device=runtime.device) for m in layers]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in layers]
+    saved = [(m.momentum, m.num_batches_tracked.clone(), m.running_mean.clone(), m.running_var.clone()) for m in layers]
     modes = [(m, m.training) for m in model.modules()]
 
     def hook_for(acc: Any) -> Any:
-        def hook(module: Any, inputs: Any) -> None:
-            x = inputs[0].float()
-            dims = [d for d in range(x.dim()) if d != 1]
-            var, mean = torch.var_mean(x, dim=dims, unbiased=False)
-            n = x.numel() // x.shape[1]
-            mean64 = mean.double()
+        # with momentum 1 the buffers hold this call's batch mean and unbiased variance (computed by
+        # BatchNorm itself, so the pass costs a plain forward); n values per channel turn them into sums
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            n = inputs[0].numel() // inputs[0].shape[1]
+            if n < 2:
+                return
+            mean = module.running_mean.double()
+            var = module.running_var.double() * (n - 1) / n
             acc[0] += n
-            acc[1 : 1 + module.num_features] += mean64 * n
-            acc[1 + module.num_features :] += (var.double() + mean64 * mean64) * n
+            acc[1 : 1 + module.num_features] += mean * n
+            acc[1 + module.num_features :] += (var + mean * mean) * n
 
         return hook
 
-    handles = [m.register_forward_pre_hook(hook_for(acc)) for m, acc in zip(layers, sums)]
+    handles = [m.register_forward_hook(hook_for(acc)) for m, acc in zip(layers, sums)]
     images = 0
     try:
         model.eval()
         for m in layers:
             m.train()
-            m.momentum = 0.0  # normalise with batch statistics, as in training, without touching the buffers
+            m.reset_running_stats()  # no NaN/inf of the old buffers can leak through 0 x old
+            m.momentum = 1.0
         with torch.no_grad():
             for batch, _ in loader:
                 if len(batch) < 2:
@@ -148,9 +155,11 @@ def recompute_bn_stats(model: Any, loader: Any, runtime: "Runtime") -> PreciseBN
             handle.remove()
         for module, training in modes:
             module.training = training
-        for m, (momentum, tracked) in zip(layers, saved):
+        for m, (momentum, tracked, mean, var) in zip(layers, saved):
             m.momentum = momentum
             m.num_batches_tracked.copy_(tracked)
+            m.running_mean.copy_(mean)  # until the pooled statistics replace them below
+            m.running_var.copy_(var)
     images = _pool(sums, images, runtime)
     with torch.no_grad():
         for m, acc in zip(layers, sums):
