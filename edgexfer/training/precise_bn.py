@@ -73,13 +73,14 @@ def lowest_momentum(model: Any) -> Optional[float]:
 
 
 def pick_images(samples: "ImageSamples", count: int, seed: int) -> "ImageSamples":
-    """A seeded random ``count`` of ``samples`` (all of them when there are fewer), the same every epoch."""
+    """A seeded random ``count`` of ``samples`` (all of them when there are fewer), in a seeded random
+    order, the same every epoch."""
     import numpy as np
 
-    if count >= len(samples):
-        return samples
-    order = np.random.default_rng(seed).permutation(len(samples))[:count]
-    return samples.subset(np.sort(order))
+    # in shuffled order, never sorted: folders list images class by class, and a batch of one class
+    # normalised by its own statistics (train-mode BatchNorm) feeds later layers what training never showed
+    order = np.random.default_rng(seed).permutation(len(samples))
+    return samples.subset(order[: min(count, len(samples))])
 
 
 def make_loader(samples: "ImageSamples", transform: Any, batch_size: int, runtime: "Runtime", seed: int) -> Any:
