@@ -437,6 +437,8 @@ def _finetune_cases() -> List[Case]:
         Case("finetune", "negative_size", finetune(imgs(), "--size", "-32"), mentions=("size", "-32")),
         Case("finetune", "zero_epochs", finetune(imgs(), "--epochs", "0"), mentions=("epochs", "got 0")),
         Case("finetune", "negative_batch", finetune(imgs(), "--batch-size", "-4"), mentions=("batch", "-4")),
+        Case("finetune", "negative_precise_bn", finetune(imgs(), "--precise-bn", "-5"),
+             mentions=("precise_bn", "-5", "0 disables")),
         Case("finetune", "val_fraction_over_1", finetune(imgs(), "--val-fraction", "1.5"),
              mentions=("val_fraction", "1.5")),
         Case("finetune", "unknown_model", finetune(imgs(), "--model", "resnet1B"),

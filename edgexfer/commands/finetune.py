@@ -11,6 +11,7 @@ import click
 from edgexfer.console import shell_arg
 
 from edgexfer.errors import ConfigError
+from edgexfer.training.precise_bn import DEFAULT_IMAGES as PRECISE_BN_IMAGES
 
 if TYPE_CHECKING:
     from edgexfer.stages.finetune import FinetuneConfig
@@ -111,6 +112,15 @@ def default_out(model: str) -> Path:
     help="Augmentation preset [light for small images, standard for folders].",
 )
 @click.option(
+    "--precise-bn",
+    "precise_bn",
+    default=PRECISE_BN_IMAGES,
+    show_default=True,
+    type=int,
+    help="Recompute BatchNorm running statistics on this many training images before each validation "
+    "(0: off). Low-momentum families (MobileNetV3, EfficientNet, RegNet) validate at chance without it.",
+)
+@click.option(
     "--amp",
     type=click.Choice(["auto", "on", "off"]),
     default="auto",
@@ -154,6 +164,8 @@ def finetune(**params: Any) -> None:
         f"best val top-1 {100 * result.best_val_top1:.2f}% at epoch {result.best_epoch} "
         f"({result.epochs_run} epochs run{', stopped early' if result.stopped_early else ''})"
     )
+    if result.collapse:
+        click.echo(result.collapse)
     click.echo(f"checkpoint: {result.checkpoint}")
     click.echo(f"metrics:    {result.metrics_path}")
     click.echo(f"curves:     {result.plot_path}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Optional
 
 from edgexfer.checkpoint import CheckpointMeta, read_checkpoint_file, save_checkpoint
 from edgexfer.errors import ConfigError
@@ -23,10 +23,18 @@ class RunCheckpoints:
 
     ``meta`` is what every checkpoint says about the model (arch, classes, preprocessing, weights
     source, data fingerprint, extra); ``resume_key`` identifies the options a resumed run must share;
-    ``summary`` holds the fixed part of ``metrics.json``'s summary (model, data counts, ...).
+    ``summary`` holds the fixed part of ``metrics.json``'s summary (model, data counts, ...);
+    ``diagnose`` turns the history into the summary's ``collapse`` line (None: no collapse).
     """
 
-    def __init__(self, folder: Path, meta: CheckpointMeta, resume_key: str, summary: Dict[str, Any]):
+    def __init__(
+        self,
+        folder: Path,
+        meta: CheckpointMeta,
+        resume_key: str,
+        summary: Dict[str, Any],
+        diagnose: Optional[Callable[[List[Dict[str, Any]]], Optional[str]]] = None,
+    ):
         self.folder = Path(folder)
         self.best = self.folder / "best.pt"
         self.last = self.folder / "last.pt"
@@ -35,10 +43,12 @@ class RunCheckpoints:
         self.meta = meta
         self.resume_key = resume_key
         self.fixed_summary = dict(summary)
+        self.diagnose = diagnose
 
     def summary(self, state: TrainState) -> Dict[str, Any]:
-        """``metrics.json``'s summary: the run so far plus the fixed facts."""
-        return dict(state.summary(), **self.fixed_summary)
+        """``metrics.json``'s summary: the run so far, its collapse line (or None), and the fixed facts."""
+        collapse = self.diagnose(state.history) if self.diagnose else None
+        return dict(state.summary(), collapse=collapse, **self.fixed_summary)
 
     def _meta(self, epoch: int, row: Dict[str, Any], train_state: Dict[str, Any]) -> CheckpointMeta:
         metrics = {"val_top1": row["val_top1"], "val_top5": row["val_top5"], "val_loss": row["val_loss"]}

@@ -16,7 +16,7 @@ from typing import Any, Optional, Tuple
 
 from edgexfer.data import ImageSamples
 from edgexfer.preprocess import Preprocess
-from edgexfer.training import features, loop
+from edgexfer.training import features, loop, precise_bn
 from edgexfer.training.runtime import Runtime, all_reduce_sum, wrap_ddp
 
 log = logging.getLogger("edgexfer.finetune")
@@ -40,6 +40,7 @@ class EngineInputs:
     label_smoothing: float
     progress: bool
     requested_augment: Optional[str] = None  # --augment as the user gave it (None: the default)
+    precise_bn: int = 0  # training images BatchNorm statistics are recomputed on before validation; 0: off
 
     @property
     def per_rank_batch(self) -> int:
@@ -54,10 +55,16 @@ class EngineInputs:
 
 class Engine(ABC):
     """One epoch of training and validation. ``steps_per_epoch``: the optimizer steps an epoch takes
-    (the schedule is laid out from it); ``wrapped``: the module trained, DDP-wrapped under torchrun."""
+    (the schedule is laid out from it); ``wrapped``: the module trained, DDP-wrapped under torchrun.
+
+    The image engine recomputes the trained BatchNorm layers' statistics between training and
+    validation (:mod:`edgexfer.training.precise_bn`); the feature cache has none to recompute (its
+    backbone is frozen, in eval mode)."""
 
     steps_per_epoch: int
     wrapped: Any
+    # the last epoch's precise BatchNorm pass (None: off, or nothing to recompute for this engine)
+    precise_bn_result: Optional[precise_bn.PreciseBNResult] = None
 
     def __init__(self, inputs: EngineInputs):
         import torch
@@ -95,6 +102,15 @@ class ImageEngine(Engine):
         )
         self.steps_per_epoch = len(self.train_loader)
         self.wrapped = wrap_ddp(inputs.model, runtime)
+        self.bn_loader = None
+        if inputs.precise_bn > 0:
+            self.bn_loader = precise_bn.make_loader(
+                precise_bn.pick_images(inputs.train, inputs.precise_bn, inputs.seed),
+                inputs.preprocess.eval_transform(),
+                inputs.per_rank_batch,
+                runtime,
+                inputs.seed,
+            )
 
     def epoch(self, epoch: int, optimizer: Any, scheduler: Any, scaler: Any, desc: str) -> Tuple[Any, Any]:
         """One pass over this rank's shard of the training images (in the epoch's order), then validation."""
@@ -114,6 +130,8 @@ class ImageEngine(Engine):
             desc,
             inputs.num_classes,
         )
+        if self.bn_loader is not None:  # before validation, so the best epoch and best.pt use them
+            self.precise_bn_result = precise_bn.recompute_bn_stats(inputs.model, self.bn_loader, inputs.runtime)
         val = loop.evaluate(
             inputs.model, self.val_loader, self.eval_loss_fn, inputs.runtime, False, inputs.num_classes
         )

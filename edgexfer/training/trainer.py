@@ -47,6 +47,7 @@ class Trainer:
         """Train and validate one epoch; return its history row."""
         desc = f"epoch {epoch}/{self.hp['epochs']}"
         train, val = self.engine.epoch(epoch, self.optimizer, self.scheduler, self.scaler, desc)
+        bn = self.engine.precise_bn_result
         return {
             "epoch": epoch,
             "lr": max(g["lr"] for g in self.optimizer.param_groups),
@@ -58,6 +59,9 @@ class Trainer:
             "train_images_per_s": train.images_per_s,
             "train_seconds": train.seconds,
             "val_seconds": val.seconds,
+            # the precise BatchNorm pass before validation (None: off or nothing to recompute)
+            "precise_bn_images": bn.images if bn and bn.layers else None,
+            "precise_bn_seconds": bn.seconds if bn and bn.layers else None,
         }
 
     def fit(self, patience: Optional[int], after_epoch: EpochHook) -> TrainState:

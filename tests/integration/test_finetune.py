@@ -273,6 +273,8 @@ def test_ddp_two_cpu_processes_train_and_only_rank0_writes(split_image_folder, t
     assert manifest.stage("finetune")["config"]["runtime"]["backend"] == "gloo"
     history = json.loads((out / "finetune" / "metrics.json").read_text())["history"]
     assert len(history) == 2
+    # precise BN pooled both ranks' shards (24 + 24 training images) into one set of statistics
+    assert [row["precise_bn_images"] for row in history] == [48, 48]
     # validation is sharded over the ranks and summed: every one of the 18 images counted once
     model, meta = load_checkpoint(manifest.path_of("checkpoint"))
     val = samples_for_run(out, "val")
@@ -293,3 +295,36 @@ def test_early_stopping_stops_after_patience_epochs_without_gain(split_image_fol
     summary = json.loads(result.metrics_path.read_text())["summary"]
     assert summary["stopped_early"] is True and summary["epochs_run"] == 3
     assert read_checkpoint_file(result.checkpoint)["epoch"] == 1
+
+
+def test_precise_bn_validates_a_low_momentum_family_and_collapse_is_reported(split_image_folder, tmp_path, caplog):
+    """mobilenet_v3_small from scratch: torchvision builds its BatchNorm with momentum 0.01, so after
+    3 short epochs the running statistics still describe the initial weights and validation sits at
+    chance (1/3); recomputing them before validation gives the accuracy the weights have."""
+    runs = {}
+    for images in (0, 1024):
+        with caplog.at_level("WARNING", logger="edgexfer.finetune"):
+            runs[images] = run_finetune(
+                FinetuneConfig(
+                    out=tmp_path / f"bn{images}", model="mobilenet_v3_small", data=str(split_image_folder),
+                    strategy="full", epochs=3, precise_bn=images, **TINY
+                )
+            )
+    stale, precise = runs[0], runs[1024]
+    assert [row["val_top1"] for row in stale.history] == pytest.approx([1 / 3] * 3)
+    assert precise.best_val_top1 >= 0.6
+    assert [row["precise_bn_images"] for row in precise.history] == [48] * 3
+    # precise BN changes no weight and draws no random number: both runs train the same weights
+    assert [row["train_loss"] for row in precise.history] == [row["train_loss"] for row in stale.history]
+    weights = [read_checkpoint_file(run.last_checkpoint)["state_dict"] for run in (stale, precise)]
+    for key, value in weights[0].items():
+        same = torch.equal(value, weights[1][key])
+        assert same != key.endswith(("running_mean", "running_var")), key
+    # the stale run says so in one line: the log, metrics.json, the manifest's checkpoint, the result
+    line = json.loads(stale.metrics_path.read_text())["summary"]["collapse"]
+    assert line.startswith("collapse: val top-1 33.3% is at chance (33.3%") and "momentum 0.01" in line
+    assert "--precise-bn" in line and stale.collapse == line
+    assert Manifest.open(stale.run_dir).get("checkpoint").metrics["collapse"] == line
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [line]
+    assert json.loads(precise.metrics_path.read_text())["summary"]["collapse"] is None
+    assert Manifest.open(precise.run_dir).get("checkpoint").metrics["collapse"] is None

@@ -14,6 +14,7 @@ from edgexfer.models import STRATEGIES, check_model_name
 from edgexfer.torchdeps import require_torch
 from edgexfer.preprocess import AUGMENTATIONS
 from edgexfer.training.optim import OPTIMIZERS
+from edgexfer.training.precise_bn import DEFAULT_IMAGES as PRECISE_BN_IMAGES
 from edgexfer.training.runtime import AUTO_ON_OFF, DEVICES
 
 STAGE = "finetune"
@@ -55,6 +56,8 @@ class FinetuneConfig:
 
     ``patience``: epochs without a val top-1 gain before training stops early; 0 or None never stops
     early (0 is stored as None, so the CLI's ``--patience 0`` and a pipeline's ``patience: 0`` agree).
+    ``precise_bn``: training images the trained BatchNorm layers' running statistics are recomputed on
+    before every validation (0: never). Not a resume key: it changes no weight, only the statistics.
     """
 
     out: Path
@@ -78,6 +81,7 @@ class FinetuneConfig:
     label_smoothing: float = 0.1
     size: Optional[int] = None
     augment: Optional[str] = None
+    precise_bn: int = PRECISE_BN_IMAGES
     amp: str = "auto"
     channels_last: str = "auto"
     device: str = "auto"
@@ -122,6 +126,8 @@ class FinetuneConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.backbone_lr_mult is not None and self.backbone_lr_mult < 0:
             raise ConfigError(f"backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+        if self.precise_bn < 0:
+            raise ConfigError(f"precise_bn must be >= 0 images (0 disables it), got {self.precise_bn}")
         if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         DataSpec(
@@ -185,3 +191,4 @@ class FinetuneResult:
     class_names: List[str]
     history: List[Dict[str, Any]] = field(default_factory=list)
     skipped_files: int = 0
+    collapse: Optional[str] = None  # the collapse line (edgexfer.training.collapse), None when it trained

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Dict
 
@@ -12,11 +13,15 @@ from edgexfer.stages.finetune.config import STAGE, FinetuneConfig, FinetuneResul
 from edgexfer.stages.finetune.inputs import Prepared, prepare
 from edgexfer.torchdeps import require_torch
 from edgexfer.training.checkpoints import RunCheckpoints
+from edgexfer.training.collapse import CollapseCheck
 from edgexfer.training.engines import EngineInputs, make_engine
+from edgexfer.training.precise_bn import lowest_momentum
 from edgexfer.training.report import plot_curves
 from edgexfer.training.runtime import Runtime, resolve_runtime, shutdown_distributed
 from edgexfer.training.state import TrainState
 from edgexfer.training.trainer import Trainer
+
+log = logging.getLogger("edgexfer.finetune")
 
 
 def run_finetune(config: FinetuneConfig) -> FinetuneResult:
@@ -49,6 +54,7 @@ class FinetuneRun:
             self._checkpoint_meta(prepared),
             config.resume_key(),
             self._fixed_summary(prepared),
+            self._collapse_check(prepared).diagnose,
         )
         if config.resume:
             checkpoints.resume(trainer)
@@ -76,6 +82,18 @@ class FinetuneRun:
             label_smoothing=config.label_smoothing,
             progress=config.progress,
             requested_augment=config.augment,
+            precise_bn=config.precise_bn,
+        )
+
+    def _collapse_check(self, prepared: Prepared) -> CollapseCheck:
+        """The collapse rule for this run's data and model (:mod:`edgexfer.training.collapse`)."""
+        momentum = lowest_momentum(prepared.model)
+        return CollapseCheck.from_labels(
+            prepared.val.labels,
+            len(prepared.class_names),
+            len(prepared.train),
+            momentum,
+            self.config.precise_bn if momentum is not None else 0,
         )
 
     def _checkpoint_meta(self, prepared: Prepared) -> CheckpointMeta:
@@ -110,7 +128,10 @@ class FinetuneRun:
     ) -> FinetuneResult:
         """Plot, then record every artifact and the stage in the manifest (rank 0 only)."""
         plot = self.stage_dir / "curves.png"
+        collapse = checkpoints.summary(state)["collapse"]
         if self.runtime.is_main:
+            if collapse:
+                log.warning("%s", collapse)
             title = f"{self.config.model} ({self.config.strategy}) on {Path(prepared.spec.data).name}"
             plot_curves(plot, state.history, title)
             self._write_manifest(prepared, checkpoints, state, status, plot)
@@ -127,6 +148,7 @@ class FinetuneRun:
             class_names=prepared.class_names,
             history=list(state.history),
             skipped_files=prepared.data_info["skipped_files"],
+            collapse=collapse,
         )
 
     def _write_manifest(
@@ -150,7 +172,7 @@ class FinetuneRun:
                 checkpoints.best,
                 kind="checkpoint",
                 stage=STAGE,
-                metrics={"val_top1": state.best_top1, "epoch": state.best_epoch},
+                metrics={"val_top1": state.best_top1, "epoch": state.best_epoch, "collapse": summary["collapse"]},
                 config={"arch": config.model, "class_names": prepared.class_names},
             )
             manifest.add_artifact(
