@@ -297,6 +297,7 @@ def test_early_stopping_stops_after_patience_epochs_without_gain(split_image_fol
     assert read_checkpoint_file(result.checkpoint)["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_precise_bn_validates_a_low_momentum_family_and_collapse_is_reported(split_image_folder, tmp_path, caplog):
     """mobilenet_v3_small from scratch: torchvision builds its BatchNorm with momentum 0.01, so after
     3 short epochs the running statistics still describe the initial weights and validation sits at
