@@ -236,7 +236,8 @@ def test_default_smoke_gate_catches_a_build_from_wrong_weights(trained_export, t
     other weights recorded as its INT8 export (random init, same graph) fails and is not recorded."""
     run = shutil.copytree(trained_export, tmp_path / "run")
     good = run_build(BuildConfig(run_dir=run, backend="onnxruntime", precision="int8", progress=False))
-    assert good.smoke["top1_agreement"] == 1.0 and good.smoke["mean_cosine"] > 0.999
+    # far inside the default int8 gate (cosine 0.9): measured 0.998 with precise BN statistics, 0.9995 without
+    assert good.smoke["top1_agreement"] == 1.0 and good.smoke["mean_cosine"] > 0.99
     good_sha = sha256_file(good.path)
     other = factory.exported_run(tmp_path / "other", int8=True)
     target = run / "export" / "model_int8_cpu.onnx"
