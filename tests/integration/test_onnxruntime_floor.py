@@ -117,7 +117,7 @@ def test_quantization_runs_on_the_declared_floor(floor_env, tmp_path):
     report = json.loads(next(line[7:] for line in done.stdout.splitlines() if line.startswith("REPORT ")))
     assert report["versions"]["onnxruntime"] == MIN_ONNXRUNTIME and report["versions"]["onnx"] == ONNX_FLOOR
     assert all(path.startswith(str(floor_env)) for path in report["files"].values()), report["files"]
-    assert len(report["scores"]) == 6  # 2 recipes x 3 methods
+    assert len(report["scores"]) == 3 * len(RECIPES) == 9  # cpu, tensorrt and openvino recipes x 3 methods
     for name, score in report["scores"].items():
         assert score["finite"] and score["mean_cosine"] > 0.95, (name, score)
     assert report["ranked"]["cpu"] > 20 and report["ranked"]["tensorrt"] > 20
