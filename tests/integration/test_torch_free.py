@@ -145,7 +145,8 @@ def test_torch_free_venv_runs_the_runtime_commands(device_python, made_here, tmp
 
     verified = _edgexfer(python, "-q", "verify", str(run), "--data", str(images), "--bootstrap", "200",
                          cwd=tmp_path)
-    assert verified.returncode == 0, verified.stderr
+    # random weights may sit at chance on these images (INCONCLUSIVE, exit 5); the workstation must agree
+    assert verified.returncode in (0, 5), verified.stderr
     assert "reference float ONNX on onnxruntime fp32" in verified.stdout and TRAIN_HINT in verified.stdout
     device = json.loads((run / "verify" / "verify.json").read_text())
     assert (device["reference"]["source"], device["reference"]["artifact"]) == ("float ONNX on onnxruntime", "onnx")
@@ -157,13 +158,13 @@ def test_torch_free_venv_runs_the_runtime_commands(device_python, made_here, tmp
     # The same artifacts verified here, with torch, against the checkpoint: the same numbers.
     workstation_run = Path(shutil.copytree(run, tmp_path / "workstation_run"))
     code, out, err = cli_runner("-q", "verify", str(workstation_run), "--data", str(images), "--bootstrap", "200")
-    assert code == 0, err
+    assert code == verified.returncode, err
     here = json.loads((workstation_run / "verify" / "verify.json").read_text())
     assert here["reference"]["source"] == "torch checkpoint" and "note" not in here["reference"]
     assert device["reference"]["top1"] == here["reference"]["top1"]
     one_image = 100.0 / device["dataset"]["num_images"]
     for ours, theirs in zip(device["artifacts"], here["artifacts"]):
-        assert ours["name"] == theirs["name"] and ours["status"] == theirs["status"] == "passed"
+        assert ours["name"] == theirs["name"] and ours["status"] == theirs["status"] in ("passed", "inconclusive")
         assert abs(ours["agreement"]["agreement_pct"] - theirs["agreement"]["agreement_pct"]) <= one_image
         assert abs(ours["accuracy"]["top1_drop"] - theirs["accuracy"]["top1_drop"]) <= one_image
         assert abs(ours["logits"]["cosine_mean"] - theirs["logits"]["cosine_mean"]) < 1e-4
