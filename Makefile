@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
+# Two processes: run in one, the whole suite crashed once (SIGSEGV, no Python traceback) in the unit tests
+# after the integration tests on a 2-core CI-like machine; each half passes on its own (under investigation)
 test: setup
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs tests/integration tests/gpu
+	$(PY) -m pytest -q -rs tests/unit
 
 test-fast: setup
 	$(PY) -m pytest -q -rs -m "not slow"
