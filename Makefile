@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# Two processes: run in one, the whole suite crashed once (SIGSEGV, no Python traceback) in the unit tests
-# after the integration tests on a 2-core CI-like machine; each half passes on its own (under investigation)
+# Two processes (integration, then unit): one process once died with SIGSEGV late in the run, on a machine
+# whose disk the tests' temporary folders had filled (a full run keeps ~20 GB under /tmp/pytest-of-$USER)
 test: setup
 	$(PY) -m pytest -q -rs tests/integration tests/gpu
 	$(PY) -m pytest -q -rs tests/unit
