@@ -21,6 +21,7 @@ import pytest
 
 import qdq_audit
 from edgexfer.quant.ort_quantize import MIN_ONNXRUNTIME
+from edgexfer.quant.recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parents[2]
 # the first onnx with TensorProto.INT4, which onnxruntime 1.27's quant_utils uses at import (1.15 fails)
