@@ -104,6 +104,19 @@ def test_report_writes_results_and_the_exit_code(gpu_check, tmp_path, capsys):
     assert (tmp_path / "logs" / "fails.log").read_text().endswith("broken\n")
 
 
+def test_an_inconclusive_verify_is_not_a_gpu_failure_but_other_exit_codes_are(gpu_check, tmp_path):
+    check = gpu_check.Check(sys.executable, dry_run=False, budget=60, logs=tmp_path / "logs")
+    exit5 = [sys.executable, "-c", "import sys; sys.exit(5)"]
+    check.step("verify at chance", exit5, inconclusive_ok=True)
+    assert gpu_check.report(check, {"install": "reused", "install_seconds": 0.0}, "NVIDIA H200", tmp_path) == 0
+    check.step("exit 5 elsewhere", exit5)  # only verify's steps may be inconclusive
+    assert gpu_check.report(check, {"install": "reused", "install_seconds": 0.0}, "NVIDIA H200", tmp_path) == 1
+    check.step("verify gate failed", [sys.executable, "-c", "import sys; sys.exit(3)"], inconclusive_ok=True)
+    record = json.loads((tmp_path / "nvidia-h200.json").read_text())
+    assert [r["status"] for r in record["steps"]] == ["inconclusive", "fail"]
+    assert check.rows[-1]["status"] == "fail"
+
+
 @pytest.mark.slow
 def test_the_engine_probe_runs_on_an_engine(gpu_check, monkeypatch, tmp_path, capsys):
     """The probe (remainder batch vs ONNX Runtime, timing) against the fake tensorrt."""
