@@ -96,8 +96,8 @@ def deploy(**_: Any) -> None:
 
 def _report(config: Any, results: List[Any]) -> None:
     """The verdict table of each device that answered, then the matrix when there are several."""
-    from edgexfer.commands.verify import _print_summary  # the same table as a local verify
     from edgexfer.deploy.matrix import matrix_lines
+    from edgexfer.report import verify_summary_lines  # the same table as a local verify
 
     for result in results:
         click.echo("")
@@ -107,7 +107,8 @@ def _report(config: Any, results: List[Any]) -> None:
         sent = result.transfer
         click.echo(f"device {result.target.host} ({result.backend}; {sent.bytes_sent} bytes sent by {sent.tool}, "
                    f"{result.seconds:.0f} s)")
-        _print_summary(result.verify)
+        for line in verify_summary_lines(result.verify):
+            click.echo(line)
     if len(results) > 1:
         click.echo("")
         for line in matrix_lines(results):
