@@ -148,7 +148,9 @@ def unpack(root: Path) -> Dict[str, Any]:
 def clean(root: Path, everything: bool) -> Dict[str, Any]:
     """Remove the work run (and with ``everything`` the bundle and the folder, if then empty)."""
     removed = []
-    names = [RUN, ".run.partial", ".run.old"] + ([BUNDLE, UPLOAD, UPLOAD + ".partial"] if everything else [])
+    # everything: the bundle, and the venv and wheels of ``deploy --setup`` (edgexfer.deploy.bootstrap)
+    names = [RUN, ".run.partial", ".run.old"] + ([BUNDLE, UPLOAD, UPLOAD + ".partial", "setup", "venv"]
+                                                 if everything else [])
     for name in names:
         path = root / name
         if path.is_dir():
