@@ -178,8 +178,8 @@ class Device:
             with tarfile.open(archive, "w") as tar:
                 for relative in changed:
                     tar.add(bundle.root / relative, arcname=relative)
-            self.helper("receive", stdin_file=archive)
             size = archive.stat().st_size
+            self.helper("receive", str(size), stdin_file=archive)
         return Transfer("ssh", size, len(changed), time.perf_counter() - started)
 
     def build_verify_bench(self, backend: str, bundle: Any) -> None:
