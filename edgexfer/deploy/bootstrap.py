@@ -107,14 +107,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _run(argv: list, what: str) -> None:
-    """Run a step; its failure is one line: the last line of its error output (pip's ``ERROR: ...``)."""
+def _run(argv: list, what: str, log: Path) -> None:
+    """Run a step, its output kept in ``log``; its failure is one line: pip's last ``ERROR: ...`` line, or
+    the last line of a traceback (pip's ``ERROR: Exception:`` is followed by one)."""
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    log.write_text(f"$ {' '.join(argv)}\n{proc.stdout}\n{proc.stderr}", encoding="utf-8")
     if proc.returncode == 0:
         return
-    lines = [line.strip() for line in (proc.stderr + "\n" + proc.stdout).splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR:") or "Error" in line]
-    text = (errors or lines or ["(no message)"])[-1]
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()] or \
+        [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR:") and line != "ERROR: Exception:"]
+    text = (lines[-1:] if "Traceback" in proc.stderr else errors or lines[-1:] or ["(no message)"])[-1]
+    text = f"{text} (full output: {log})"
     if "ensurepip" in text or "python3-venv" in text:
         version = "%d.%d" % sys.version_info[:2]
         raise SetupProblem(f"{what}: this Python cannot make a venv (no ensurepip); install the python3-venv "
@@ -147,7 +151,7 @@ def install(root: Path, spec: dict) -> dict:
     if not python.is_file():
         shutil.rmtree(str(venv), ignore_errors=True)
         flags = ["--system-site-packages"] if spec.get("system_site_packages") else []
-        _run([sys.executable, "-m", "venv", *flags, str(venv)], "making the venv")
+        _run([sys.executable, "-m", "venv", *flags, str(venv)], "making the venv", folder / "venv.log")
         fresh = True
     else:
         fresh = False
@@ -156,9 +160,11 @@ def install(root: Path, spec: dict) -> dict:
         pip += ["--no-index", "--find-links", str((folder / "wheelhouse").resolve())]
     wheel = _inside(folder, spec["wheel"]).resolve()
     extras = f"[{','.join(wanted['extras'])}]" if wanted["extras"] else ""
-    _run(pip + [f"edgexfer{extras} @ {wheel.as_uri()}"], "pip install")
+    # a file URL, never the bare path: pip reads '; ...' in a requirement as an environment marker
+    _run(pip + [f"edgexfer{extras} @ {wheel.as_uri()}"], "pip install", folder / "pip.log")
     if not fresh:  # the same version number may hold other code: put this wheel's files in place
-        _run(pip + ["--force-reinstall", "--no-deps", str(wheel)], "pip install")
+        _run(pip + ["--force-reinstall", "--no-deps", f"edgexfer @ {wheel.as_uri()}"], "pip install",
+             folder / "pip.log")
     temporary = venv / (MARKER + ".partial")
     temporary.write_text(json.dumps({**wanted, "wheel": spec["wheel"]}), encoding="utf-8")
     os.replace(temporary, venv / MARKER)
