@@ -130,3 +130,19 @@ def test_killed_copy_is_named_interrupted():
         assert "transfer was interrupted" in line and "run the deploy again" in line
     assert "disk is full" in str(copy_failure("orin", "rsync: write failed: No space left on device (28)", 11,
                                               "rsync"))
+
+
+@pytest.mark.parametrize("stderr, expected", [
+    ("ERROR: Could not find a version that satisfies the requirement numpy>=1.21 (from edgexfer)\n"
+     "ERROR: No matching distribution found for numpy>=1.21\n", "ERROR: No matching distribution found for numpy"),
+    ("ERROR: Exception:\nTraceback (most recent call last):\n  File \"x\", line 1\nValueError: boom\n",
+     "ValueError: boom"),
+])
+def test_bootstrap_step_failure_is_pips_last_error_line(tmp_path, stderr, expected):
+    script = f"import sys; sys.stderr.write({stderr!r}); sys.exit(1)"
+    with pytest.raises(bootstrap.SetupProblem) as caught:
+        bootstrap._run([sys.executable, "-c", script], "pip install", tmp_path / "pip.log")
+    line = str(caught.value)
+    assert line.startswith(f"pip install failed (exit 1): {expected}") and "\n" not in line
+    assert str(tmp_path / "pip.log") in line  # the whole output is kept there
+    assert stderr.strip().splitlines()[-1] in (tmp_path / "pip.log").read_text()
