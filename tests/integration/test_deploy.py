@@ -388,7 +388,7 @@ def test_interrupted_copy_resumes(server, device_python, float_run, tmp_path):
                             python=device_python, env={"PATH": f"{cut}:{os.environ['PATH']}"})
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and "Traceback" not in err, err
-    assert "device: the transfer was interrupted (rsync exit 137); run the deploy again" in lines[-1], lines[-1]
+    assert "device: the transfer was interrupted (rsync exit " in lines[-1] and "run the deploy again" in lines[-1]
     # nothing half-written under a final name there, no run made; nothing collected here
     visible = [p.relative_to(remote / "bundle").as_posix() for p in (remote / "bundle").rglob("*")
                if not any(part.startswith(".") for part in p.relative_to(remote / "bundle").parts)]
