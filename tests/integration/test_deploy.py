@@ -390,8 +390,8 @@ def test_interrupted_copy_resumes(server, device_python, float_run, tmp_path):
     assert code == 2 and "Traceback" not in err, err
     assert "device: the transfer was interrupted (rsync exit " in lines[-1] and "run the deploy again" in lines[-1]
     # nothing half-written under a final name there, no run made; nothing collected here
-    visible = [p.relative_to(remote / "bundle").as_posix() for p in (remote / "bundle").rglob("*")
-               if not any(part.startswith(".") for part in p.relative_to(remote / "bundle").parts)]
+    visible = [p.relative_to(remote / "bundle").as_posix() for p in (remote / "bundle").rglob("*") if p.is_file()
+               and not any(part.startswith(".") for part in p.relative_to(remote / "bundle").parts)]
     assert visible == [] and not (remote / "run").exists()
     assert not (float_run / "devices" / "device").exists()
     code, out, err = deploy(float_run, f"device:{remote}", "--precision", "fp32", "--no-bench", config=config,
