@@ -29,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,9 @@ def test_round_trip_quoting_delta_tamper_gate(server, device_python, hostile_run
     remote_parent.mkdir()
     remote = remote_parent / "dir $(touch PWNED_DIR); 'x\""
     config = server.client_config("ssh_config")
+    started = time.perf_counter()
     code, out, err = deploy(hostile_run, f"device:{remote}", config=config, python=device_python)
+    first_seconds = time.perf_counter() - started
     # the run's random weights sit at chance on the device's images: its verify is INCONCLUSIVE (exit 5
     # there), and so is the deploy's, with the device named; every output still comes back
     assert code == 5, err
@@ -152,6 +155,7 @@ def test_round_trip_quoting_delta_tamper_gate(server, device_python, hostile_run
                             python=device_python)
     assert code == 5, err
     assert sent_bytes(out) < first / 1000
+    print(f"\nfirst deploy {first_seconds:.0f} s, {first} bytes; second (int8, no bench) {sent_bytes(out)} bytes")
 
     # a bundle file changed on the device with size and mtime kept: rsync's quick check misses it, the
     # hash check there does not; it is re-sent by checksum. Then the gate fails on the device: exit 3.
@@ -313,8 +317,6 @@ def _no_venv_python(tmp_path: Path) -> Path:
 def test_setup_installs_then_reuses(server, float_run, torch_free, tmp_path, monkeypatch):
     """deploy --setup on a device whose Python has no edgexfer: the venv is made from the wheel of this
     checkout and a wheelhouse (--no-index), the deploy runs in it, a second deploy reuses it untouched."""
-    import time
-
     from edgexfer.deploy.setup import WHEEL_CACHE_ENV, local_wheel
 
     monkeypatch.setenv(WHEEL_CACHE_ENV, str(tmp_path / "wheels"))

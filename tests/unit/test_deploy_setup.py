@@ -146,3 +146,13 @@ def test_bootstrap_step_failure_is_pips_last_error_line(tmp_path, stderr, expect
     assert line.startswith(f"pip install failed (exit 1): {expected}") and "\n" not in line
     assert str(tmp_path / "pip.log") in line  # the whole output is kept there
     assert stderr.strip().splitlines()[-1] in (tmp_path / "pip.log").read_text()
+
+
+def test_purge_removes_the_setup_too(tmp_path):
+    for name in ("bundle/BUNDLE.json", "run/manifest.json", "setup/edgexfer-0.1.0-py3-none-any.whl",
+                 "venv/bin/python", f"venv/{bootstrap.MARKER}"):
+        (tmp_path / "dir" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "dir" / name).write_text("x")
+    assert sorted(device.clean(tmp_path / "dir", everything=False)["removed"]) == ["run"]
+    assert sorted(device.clean(tmp_path / "dir", everything=True)["removed"]) == ["bundle", "setup", "venv"]
+    assert not (tmp_path / "dir").exists()
