@@ -123,6 +123,7 @@ def test_round_trip_quoting_delta_tamper_gate(server, device_python, hostile_run
     # the verdict table of a local verify, with the device named
     assert "device device (onnxruntime; " in out and "by rsync" in out
     assert "reference float ONNX on onnxruntime fp32" in out  # no checkpoint sent, no torch there
+    assert "(torch reference unavailable: the checkpoint stays on the workstation (deploy sends the ONNX" in out
     assert any(line.strip().startswith("onnxruntime_int8") and "INCONCLUSIVE" in line for line in out.splitlines())
     first = sent_bytes(out)
     assert first > 1_000_000  # the models went over the wire
