@@ -451,3 +451,25 @@ def test_full_disk_one_line_nothing_half_written_then_completes(server, device_p
     subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
     done = device.send(bundle, free_bytes=10**12)
     assert done.tool == "ssh" and (remote / "run" / "manifest.json").is_file()
+
+
+def test_setup_files_travel_without_rsync(server, float_run, tmp_path):
+    """--setup's wheels over ssh alone (a tar into the bootstrap on the device's bare Python), byte-counted
+    and hash-checked there by the install step."""
+    from edgexfer.deploy import setup
+    from edgexfer.deploy.config import DeployConfig
+    from edgexfer.deploy.remote import Device
+
+    remote = tmp_path / "bare device; $(touch PWNED_TAR)"
+    settings = DeployConfig(run_dir=float_run, targets=(f"device:{remote}",), backend="onnxruntime",
+                            remote_python=sys.executable, ssh_config=str(server.client_config("ssh_config")),
+                            setup=True, copy="ssh", progress=False)
+    device = Device(settings, settings.parsed_targets()[0], lambda line: None)
+    wheel = tmp_path / "edgexfer-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(os.urandom(300_000))
+    files = setup.stage_files(tmp_path / "staged", wheel, None)
+    assert setup.bootstrap(device, "probe")["installed"] is None
+    setup._send(device, tmp_path / "staged")
+    assert sha256(remote / "setup" / wheel.name) == files[wheel.name]
+    assert [p.name for p in (remote / "setup").iterdir()] == [wheel.name]  # nothing partial left
+    assert injected(tmp_path) == []
