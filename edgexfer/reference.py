@@ -45,13 +45,21 @@ class FloatReference:
         return facts
 
 
+def _no_checkpoint(manifest: Any) -> str:
+    """Why a run has no checkpoint: a deploy bundle leaves it on the workstation (its records say so)."""
+    if any("checkpoint" in record.get("extra", {}).get("inputs_not_sent", {})
+           for record in manifest.data.get("artifacts", {}).values()):
+        return "the checkpoint stays on the workstation (deploy sends the ONNX models)"
+    return "the run has no checkpoint"
+
+
 def float_reference(manifest: Any) -> FloatReference:
     """The run's float reference: its checkpoint when torch and torchvision import here, else its float
     ONNX model on ONNX Runtime. Both are checked against the manifest (hash, inputs) first."""
     from edgexfer.backends.base import REFERENCE_BACKEND
     from edgexfer.torchdeps import TRAIN_EXTRA, require_torch, torch_missing
 
-    missing = torch_missing() if manifest.has("checkpoint") else "the run has no checkpoint"
+    missing = torch_missing() if manifest.has("checkpoint") else _no_checkpoint(manifest)
     if missing is None:
         manifest.require("checkpoint")
         return _checkpoint_reference(manifest.path_of("checkpoint"), REFERENCE_BACKEND)

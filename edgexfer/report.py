@@ -51,6 +51,36 @@ def verify_markdown(data: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def verify_summary_lines(data: Dict[str, Any]) -> List[str]:
+    """The terminal table of a verify.json (``verify`` and ``deploy`` print it): the reference against
+    chance, then one line per artifact (status, top-1, drop with CI, agreement, p50) and why a gate
+    failed or the verdict is inconclusive."""
+    ref, chance = data["reference"], data["reference"].get("chance")
+    versus = (f" ({100 * chance['confidence']:.0f}% CI {chance['top1_low']:.2f}..{chance['top1_high']:.2f}%, "
+              f"chance {chance['chance']:.2f}%)") if chance else ""
+    lines = [f"reference {reference_label(ref)} {ref['precision']}: top-1 {ref['top1']:.2f}% "
+             f"on {data['dataset']['num_images']} images{versus}"]
+    if ref.get("note"):  # not the checkpoint (no torch here): say what was compared with and why
+        lines.append(f"  ({ref['note']})")
+    for entry in data["artifacts"]:
+        if "accuracy" not in entry:
+            lines.append(f"  {entry['name']:<22} {entry['status'].upper():<7} {entry['error']}")
+            continue
+        acc, lat = entry["accuracy"], entry.get("latency")
+        low, high = acc["top1_drop_ci"]
+        stand_in = entry.get("stand_in_for")
+        stand_in = f"  [on {entry['backend']}, stand-in for {stand_in}]" if stand_in else ""
+        lines.append(f"  {entry['name']:<22} {entry['status'].upper():<7} top-1 {acc['top1']:.2f}% "
+                     f"(drop {acc['top1_drop']:+.2f}, CI {low:+.2f}..{high:+.2f}), agreement "
+                     f"{entry['agreement']['agreement_pct']:.1f}%" + (f", p50 {lat['p50_ms']:.2f} ms" if lat else "")
+                     + stand_in)
+        lines.extend(f"    gate: {reason}" for reason in entry.get("gate", {}).get("reasons", []))
+    verdict = data.get("verdict", {})
+    if verdict.get("status") == "inconclusive":
+        lines.append(f"verdict: INCONCLUSIVE ({verdict['reason']})")
+    return lines
+
+
 def _verdict(data: Dict[str, Any]) -> List[str]:
     """The verdict line with the gate's rules, why it is inconclusive, one line per failure, error and
     skip, and the data set with the reference's accuracy against chance."""

@@ -740,6 +740,10 @@ def _deploy_cases() -> List[Case]:
              argv("deploy", run_copy, *to, "--ssh-config", closed_port_ssh_config),
              mentions=("device", "unreachable", "connection refused")),
         Case("deploy", "copy_mode_unknown", argv("deploy", run_copy, *to, "--copy", "ftp"), expect="usage"),
+        Case("deploy", "wheelhouse_without_setup", argv("deploy", run_copy, *to, "--wheelhouse", at(".")),
+             mentions=("--wheelhouse", "--setup")),
+        Case("deploy", "wheelhouse_without_wheels", argv("deploy", run_copy, *to, "--setup", "--wheelhouse",
+                                                         empty_dir("wheels")), mentions=("--wheelhouse", ".whl")),
     ]
 # fmt: on
 

@@ -23,6 +23,8 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> Any:
         backend=params["backend"],
         precisions=_split(params["precision"]) or ("fp32", "int8"),
         remote_python=params["remote_python"],
+        setup=params["setup"],
+        wheelhouse=params["wheelhouse"],
         ssh_config=params["ssh_config"],
         data=params["data"],
         device_data=params["device_data"],
@@ -47,7 +49,14 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> Any:
                                               "openvino, onnxruntime].")
 @click.option("--precision", multiple=True, help="Precisions to build there [default: fp32,int8].")
 @click.option("--remote-python", default="python3", show_default=True,
-              help="Python on the device that has edgexfer (a venv's bin/python).")
+              help="Python on the device that has edgexfer (a venv's bin/python); with --setup, the Python "
+                   "the venv is made from.")
+@click.option("--setup", is_flag=True,
+              help="Install this edgexfer on the device: a venv in DIR/venv (seeing the system site-packages on "
+                   "a Jetson, for TensorRT) with a wheel built here; reused while the wheel is unchanged.")
+@click.option("--wheelhouse", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="With --setup: a folder of wheels for the device, sent along and installed with no index "
+                   "(an offline device).")
 @click.option("--ssh-config", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="ssh config file (ssh -F) [default: $EDGEXFER_SSH_CONFIG, else ssh's own ~/.ssh/config].")
 @click.option("--data", type=click.Path(path_type=str), default=None,
@@ -73,7 +82,7 @@ def deploy(**_: Any) -> None:
 
     \b
     Examples:
-      edgexfer deploy runs/r18 --to jetson
+      edgexfer deploy runs/r18 --to jetson --setup
       edgexfer deploy runs/r18 --to me@orin:work/edgexfer --remote-python ~/venv/bin/python --max-drop 1
       edgexfer deploy runs/r18 --to orin-nano --to orin-agx --backend tensorrt
     \b
@@ -96,8 +105,8 @@ def deploy(**_: Any) -> None:
 
 def _report(config: Any, results: List[Any]) -> None:
     """The verdict table of each device that answered, then the matrix when there are several."""
-    from edgexfer.commands.verify import _print_summary  # the same table as a local verify
     from edgexfer.deploy.matrix import matrix_lines
+    from edgexfer.report import verify_summary_lines  # the same table as a local verify
 
     for result in results:
         click.echo("")
@@ -107,7 +116,8 @@ def _report(config: Any, results: List[Any]) -> None:
         sent = result.transfer
         click.echo(f"device {result.target.host} ({result.backend}; {sent.bytes_sent} bytes sent by {sent.tool}, "
                    f"{result.seconds:.0f} s)")
-        _print_summary(result.verify)
+        for line in verify_summary_lines(result.verify):
+            click.echo(line)
     if len(results) > 1:
         click.echo("")
         for line in matrix_lines(results):

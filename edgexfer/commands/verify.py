@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 import click
 
 from edgexfer.console import shell_arg
+from edgexfer.report import verify_summary_lines
 
 
 def _split(values: Optional[Tuple[str, ...]]) -> Optional[Tuple[str, ...]]:
@@ -134,7 +135,8 @@ def verify(**_: Any) -> None:
     config = config_from_params(click.get_current_context().params, progress_enabled())
     result = verify_artifacts(config)
     # Gate failures and broken artifacts still produced a report: show its table before the error.
-    _print_summary(result.data)
+    for line in verify_summary_lines(result.data):
+        click.echo(line)
     error = result.outcome()
     if error is not None:
         click.echo(f"report: {result.report_path}")
@@ -143,41 +145,3 @@ def verify(**_: Any) -> None:
     click.echo(f"report:      {result.report_path}")
     run_dir = shell_arg(config.run_dir)
     click.echo(f"next: edgexfer predict {run_dir} IMAGE   (or edgexfer bench --run {run_dir})")
-
-
-def _print_summary(data: dict) -> None:
-    """The reference against chance, then one line per artifact: status, top-1, drop with CI,
-    agreement, p50 latency (and why a gate failed or the verdict is inconclusive)."""
-    from edgexfer.reference import reference_label
-
-    ref = data["reference"]
-    chance = ref.get("chance")
-    versus = ""
-    if chance:
-        versus = (f" ({100 * chance['confidence']:.0f}% CI {chance['top1_low']:.2f}..{chance['top1_high']:.2f}%, "
-                  f"chance {chance['chance']:.2f}%)")
-    click.echo(
-        f"reference {reference_label(ref)} {ref['precision']}: top-1 {ref['top1']:.2f}% "
-        f"on {data['dataset']['num_images']} images{versus}"
-    )
-    if ref.get("note"):  # not the checkpoint (no torch here): say what was compared with and why
-        click.echo(f"  ({ref['note']})")
-    for entry in data["artifacts"]:
-        if "accuracy" not in entry:
-            click.echo(f"  {entry['name']:<22} {entry['status'].upper():<7} {entry['error']}")
-            continue
-        acc = entry["accuracy"]
-        low, high = acc["top1_drop_ci"]
-        lat = entry.get("latency")
-        p50 = f", p50 {lat['p50_ms']:.2f} ms" if lat else ""
-        click.echo(
-            f"  {entry['name']:<22} {entry['status'].upper():<7} top-1 {acc['top1']:.2f}% "
-            f"(drop {acc['top1_drop']:+.2f}, CI {low:+.2f}..{high:+.2f}), agreement "
-            f"{entry['agreement']['agreement_pct']:.1f}%{p50}"
-            + (f"  [on {entry['backend']}, stand-in for {entry['stand_in_for']}]" if entry.get("stand_in_for") else "")
-        )
-        for reason in entry.get("gate", {}).get("reasons", []):
-            click.echo(f"    gate: {reason}")
-    verdict = data.get("verdict", {})
-    if verdict.get("status") == "inconclusive":
-        click.echo(f"verdict: INCONCLUSIVE ({verdict['reason']})")

@@ -1,9 +1,11 @@
 """What a device needs from a run, staged as a small run directory with a hash for every file.
 
 The bundle for a backend holds the manifest's records of the models the device builds from (the float
-``onnx``, the backend's INT8 export, and what they were made from, so the manifest's hash chain still
-holds there), those files at their usual paths, and a labelled validation subset under ``data/``
-(class names and preprocessing travel in the ONNX metadata). ``BUNDLE.json`` lists every file's
+``onnx``, the backend's INT8 export, and the runtime artifacts they were made from, so the manifest's hash
+chain still holds there), those files at their usual paths, and a labelled validation subset under
+``data/`` (class names and preprocessing travel in the ONNX metadata). The training checkpoint stays
+here: the device compares with the float ONNX model (verify's reference where torch is missing); the
+records name it, with its hash, under ``extra.inputs_not_sent``. ``BUNDLE.json`` lists every file's
 sha256: the files are checked against the manifest here and against ``BUNDLE.json`` on the device
 before anything is built.
 
@@ -27,6 +29,8 @@ INDEX = "BUNDLE.json"
 DATA_DIR = "data"
 STAGING = ".deploy"
 KEPT_STAGES = ("finetune", "export", "quantize")
+# Training-side artifacts the device never needs (torch files, hundreds of MB for big models).
+NOT_SENT_KINDS = ("checkpoint",)
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,8 @@ class Bundle:
 
 
 def needed_artifacts(manifest: Any, backend_int8_source: Optional[str]) -> List[str]:
-    """The float ONNX model, the INT8 export (when asked) and every artifact they were made from."""
+    """The float ONNX model, the INT8 export (when asked) and every artifact they were made from, but
+    the training side (:data:`NOT_SENT_KINDS`: the checkpoint)."""
     wanted = ["onnx"] + ([backend_int8_source] if backend_int8_source else [])
     for name in wanted:
         if not manifest.has(name):
@@ -59,9 +64,22 @@ def needed_artifacts(manifest: Any, backend_int8_source: Optional[str]) -> List[
         name = stack.pop()
         if name in closure:
             continue
+        if manifest.get(name).kind in NOT_SENT_KINDS:
+            continue
         closure.append(name)
         stack.extend(manifest.get(name).inputs)
     return sorted(closure)
+
+
+def device_record(record: Dict[str, Any], sent: Sequence[str]) -> Dict[str, Any]:
+    """A manifest record as the device's manifest holds it: inputs that were not sent (the checkpoint)
+    move to ``extra.inputs_not_sent``, so the device checks the chain it has and nothing it lacks."""
+    inputs = record.get("inputs", {})
+    kept = {name: sha for name, sha in inputs.items() if name in sent}
+    if len(kept) == len(inputs):
+        return record
+    dropped = {name: sha for name, sha in inputs.items() if name not in sent}
+    return {**record, "inputs": kept, "extra": {**record.get("extra", {}), "inputs_not_sent": dropped}}
 
 
 def make_bundle(run_dir: Path, backend: str, int8_source: Optional[str], data: Optional[Path],
@@ -90,7 +108,7 @@ def make_bundle(run_dir: Path, backend: str, int8_source: Optional[str], data: O
     if send_data:
         images = _stage_data(run_dir, root / DATA_DIR, class_names, data, limit, files)
     trimmed = {k: v for k, v in manifest.data.items() if k != "updated"}  # unchanged run: unchanged file
-    trimmed["artifacts"] = {name: manifest.data["artifacts"][name] for name in names}
+    trimmed["artifacts"] = {name: device_record(manifest.data["artifacts"][name], names) for name in names}
     trimmed["stages"] = {k: v for k, v in manifest.data.get("stages", {}).items() if k in KEPT_STAGES}
     files[MANIFEST_NAME] = _write_if_changed(root / MANIFEST_NAME, json.dumps(trimmed, indent=2, sort_keys=True))
     _prune(root, set(files) | {INDEX})

@@ -22,6 +22,8 @@ class DeployConfig:
     backend: Optional[str] = None
     precisions: Tuple[str, ...] = ("fp32", "int8")
     remote_python: str = "python3"
+    setup: bool = False
+    wheelhouse: Optional[Path] = None
     ssh_config: Optional[str] = None
     data: Optional[Path] = None
     device_data: Optional[str] = None
@@ -43,6 +45,13 @@ class DeployConfig:
         object.__setattr__(self, "run_dir", Path(self.run_dir))
         if self.data is not None:
             object.__setattr__(self, "data", Path(self.data))
+        if self.wheelhouse is not None:
+            object.__setattr__(self, "wheelhouse", Path(self.wheelhouse))
+            if not self.setup:
+                raise ConfigError("--wheelhouse is what --setup installs from; add --setup (or drop --wheelhouse)")
+            if not self.wheelhouse.is_dir() or not any(self.wheelhouse.glob("*.whl")):
+                raise ConfigError(f"--wheelhouse '{self.wheelhouse}' is not a folder of .whl files; fill one with "
+                                  "'pip download --only-binary=:all: --platform ... -d DIR edgexfer'")
         if not self.targets:
             raise ConfigError("deploy needs at least one --to [user@]host[:dir]")
         parsed = [parse_target(t) for t in self.targets]

@@ -1,5 +1,5 @@
 """The steps of a deploy that run on the device, before and after the ordinary ``edgexfer`` commands:
-``python -m edgexfer.deploy.device probe|hashes|receive|check|clean DIR``.
+``python -m edgexfer.deploy.device probe|hashes|receive|check|clean DIR [BYTES|--all]``.
 
 Everything stays inside ``DIR`` (the folder named in ``--to HOST:DIR``):
 
@@ -107,12 +107,21 @@ def check(root: Path) -> Dict[str, Any]:
                                                                           for r in files)}
 
 
-def receive(root: Path) -> Dict[str, Any]:
+def receive(root: Path, expected_bytes: int) -> Dict[str, Any]:
     """Read a tar from standard input (a deploy without rsync streams it over ssh) into
-    ``root/.upload.tar`` (under a temporary name until complete), then :func:`unpack` it."""
+    ``root/.upload.tar`` (under a temporary name until all ``expected_bytes`` arrived), then
+    :func:`unpack` it. An interrupted stream or a full disk leaves nothing: the partial file is removed."""
     partial = root / (UPLOAD + ".partial")
-    with open(partial, "wb") as out:
-        shutil.copyfileobj(sys.stdin.buffer, out)
+    try:
+        with open(partial, "wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out)
+        size = partial.stat().st_size
+        if size != expected_bytes:
+            raise BundleProblem(f"the transfer was interrupted ({size} of {expected_bytes} bytes arrived); run the "
+                                "deploy again")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, root / UPLOAD)
     return unpack(root)
 
@@ -148,7 +157,9 @@ def unpack(root: Path) -> Dict[str, Any]:
 def clean(root: Path, everything: bool) -> Dict[str, Any]:
     """Remove the work run (and with ``everything`` the bundle and the folder, if then empty)."""
     removed = []
-    names = [RUN, ".run.partial", ".run.old"] + ([BUNDLE, UPLOAD, UPLOAD + ".partial"] if everything else [])
+    # everything: the bundle, and the venv and wheels of ``deploy --setup`` (edgexfer.deploy.bootstrap)
+    names = [RUN, ".run.partial", ".run.old"] + ([BUNDLE, UPLOAD, UPLOAD + ".partial", "setup", "venv"]
+                                                 if everything else [])
     for name in names:
         path = root / name
         if path.is_dir():
@@ -176,10 +187,10 @@ def main(argv: List[str]) -> int:
         elif command == "check":
             result = check(root)
         elif command == "receive":
-            result = receive(root)
+            result = receive(root, int(argv[2]))
         else:
             result = clean(root, "--all" in argv[2:])
-    except (BundleProblem, OSError, ValueError, KeyError, tarfile.TarError) as exc:
+    except (BundleProblem, OSError, ValueError, KeyError, IndexError, tarfile.TarError) as exc:
         print(f"edgexfer: error: {type(exc).__name__ if not isinstance(exc, BundleProblem) else ''}"
               f"{': ' if not isinstance(exc, BundleProblem) else ''}{exc}".replace("\n", " "), file=sys.stderr)
         return 2

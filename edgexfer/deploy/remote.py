@@ -64,7 +64,8 @@ class Device:
     def __init__(self, config: DeployConfig, target: DeviceTarget, say: Callable[[str], None]):
         self.config, self.target, self.say = config, target, say
         self.ssh = Ssh(target, default_ssh_config(config.ssh_config))
-        self.python = remote_python(config.remote_python)
+        self.base_python = remote_python(config.remote_python)  # --setup makes its venv from this one
+        self.python = self.base_python
         self.run_path = f"{target.remote_dir}/run"
 
     # ---- edgexfer there ----------------------------------------------------------------------
@@ -72,7 +73,7 @@ class Device:
         """Run ``PY -m edgexfer -q ARGS`` there; a failure is its one error line, named by device."""
         done = self.ssh.run([self.python, "-m", "edgexfer", "-q", *args], timeout=self.config.timeout_s)
         if done.code not in ok:
-            raise self._failure(done, what)
+            raise self.failure(done, what)
         return done
 
     def helper(self, command: str, *extra: str, stdin_file: Any = None) -> Dict[str, Any]:
@@ -80,10 +81,11 @@ class Device:
         done = self.ssh.run([self.python, "-m", "edgexfer.deploy.device", command, self.target.remote_dir, *extra],
                             timeout=self.config.timeout_s, stdin_file=stdin_file)
         if done.code != 0:
-            raise self._failure(done, command)
+            raise self.failure(done, command)
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    def _failure(self, done: Any, what: str) -> EdgexferError:
+    def failure(self, done: Any, what: str) -> EdgexferError:
+        """A failed remote command as one line, named by device (what to do about it included)."""
         host, text = self.target.host, done.stderr
         lowered = text.lower()
         if done.code == 127 or (done.code == 126 and "python" in lowered):
@@ -94,9 +96,12 @@ class Device:
                                f"has no deploy support); upgrade it: ssh {host} '{self.python} -m pip install -U "
                                "edgexfer'")
         if "no module named edgexfer" in lowered or "no module named 'edgexfer" in lowered:
-            return DeviceError(f"{host}: edgexfer is not installed for '{self.python}' on the device; install it "
-                               f"with: ssh {host} '{self.python} -m pip install edgexfer' (in a venv; on a Jetson "
-                               "made with --system-site-packages for TensorRT), or pass --remote-python")
+            return DeviceError(f"{host}: edgexfer is not installed for '{self.python}' on the device; pass --setup "
+                               "(edgexfer sets up a venv in the remote folder), or install it with: ssh "
+                               f"{host} '{self.python} -m pip install edgexfer' (in a venv; on a Jetson made with "
+                               "--system-site-packages for TensorRT), or pass --remote-python")
+        if done.code == 2 and "edgexfer: error: " in text and what.startswith("setup"):
+            return DeviceError(f"{host}: {what}: {text.strip().splitlines()[-1].replace('edgexfer: error: ', '')}")
         if "no space left" in lowered or "errno 28" in lowered:
             return DeviceError(f"{host}: the device's disk is full ({what}); free some space or use --to HOST:DIR "
                                "on a bigger disk")
@@ -173,8 +178,8 @@ class Device:
             with tarfile.open(archive, "w") as tar:
                 for relative in changed:
                     tar.add(bundle.root / relative, arcname=relative)
-            self.helper("receive", stdin_file=archive)
             size = archive.stat().st_size
+            self.helper("receive", str(size), stdin_file=archive)
         return Transfer("ssh", size, len(changed), time.perf_counter() - started)
 
     def build_verify_bench(self, backend: str, bundle: Any) -> None:
@@ -216,6 +221,10 @@ def deploy_device(config: DeployConfig, target: DeviceTarget, bundles: BundleCac
     result = DeviceResult(target)
     device = Device(config, target, say)
     try:
+        if config.setup:
+            from edgexfer.deploy.setup import set_up
+
+            device.python = set_up(device)
         say(f"{target.host}: probing (python, edgexfer, doctor)")
         doctor = device.probe()
         result.backend = device.choose_backend(doctor)

@@ -26,6 +26,9 @@ from edgexfer.errors import DeviceError
 
 SSH_CONFIG_ENV = "EDGEXFER_SSH_CONFIG"
 PARTIAL_DIR = ".rsync-partial"  # rsync keeps an interrupted file here; the next deploy resumes it
+# rsync(1) EXIT VALUES: 20 killed by a signal (SIGINT/SIGTERM/SIGHUP), 30 timeout, 35 daemon timeout; and a
+# shell's 128+N for a process killed by signal N (137 SIGKILL, 143 SIGTERM)
+INTERRUPTED_CODES = (20, 30, 35, 129, 130, 137, 143)
 
 
 @dataclass
@@ -181,6 +184,9 @@ def copy_failure(host: str, stderr: str, code: int, tool: str) -> DeviceError:
     if "no space left" in stderr.lower() or "disk quota" in stderr.lower():
         return DeviceError(f"{host}: the device's disk is full (no space left while copying); free some space "
                            "or choose another folder with --to HOST:DIR")
+    if code in INTERRUPTED_CODES or code < 0:
+        return DeviceError(f"{host}: the transfer was interrupted ({tool} exit {code}); run the deploy again: it "
+                           "resumes, and nothing half-sent is used (files are renamed into place when complete)")
     if code == 255 or "connection" in stderr.lower() or "permission denied" in stderr.lower():
         return ssh_failure(host, stderr)
     if tool == "rsync" and code in (12, 127) and "command not found" in stderr.lower():

@@ -1,8 +1,8 @@
 """``edgexfer deploy`` against a real OpenSSH server (tests/sshd_server.py) on 127.0.0.1.
 
-The "device" is this machine: its Python is a wrapper around this interpreter with the project on
-PYTHONPATH (on a real device edgexfer is pip-installed; sshd passes no environment, hence the wrapper).
-The backend is ONNX Runtime. What is caught:
+The "device" is this machine: its Python is the torch-free venv (tests/torch_free_venv.py: ``pip install``
+of this checkout without the train extra), so every deploy proves the device needs no torch; ``--setup``
+makes its own venv there from a wheelhouse. The backend is ONNX Runtime. What is caught:
 
 - the round trip: models and a validation subset sent, checked by hash there, built, verified and
   benched there, the outputs back in RUN/devices/<host>/ and recorded in the manifest with their hashes;
@@ -14,7 +14,12 @@ The backend is ONNX Runtime. What is caught:
   device, ``--purge``; the path without rsync (a tar over ssh) sending only what differs, with
   ``--device-data`` (images already on the device); two devices in parallel and the matrix;
 - one-line errors for an unreachable host, a refused key, an unknown host key, no Python and no
-  edgexfer on the device.
+  edgexfer on the device, a Python that cannot make a venv, pip failing;
+- ``--setup``: a venv made on the device from the wheel of this checkout and a wheelhouse (no index),
+  used by the deploy, and reused untouched by the next one;
+- the bundle holds what the device needs and not the checkpoint;
+- an interrupted copy and a full disk: one line, nothing half-written used on either side, a re-run
+  completes.
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import sshd_server
+from torch_free_venv import base_python, torch_free_python, wheelhouse
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIRD_CLASSES = {"it's": (200, 40, 40), "a b; $(touch PWNED_CLASS)": (40, 190, 60), 'x"y`z`': (40, 60, 200)}
@@ -43,11 +50,17 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def device_python(tmp_path_factory) -> Path:
-    """The device's Python: this interpreter with the project on its path (sshd passes no environment)."""
+def torch_free(tmp_path_factory) -> Path:
+    """The python of the torch-free venv with this checkout installed (no PYTHONPATH, no torch)."""
+    return torch_free_python(tmp_path_factory.mktemp("torch_free"))
+
+
+@pytest.fixture(scope="module")
+def device_python(tmp_path_factory, torch_free) -> Path:
+    """The device's Python: the torch-free venv, through a wrapper in a folder with a space (one thread:
+    the machine is shared; sshd passes no environment, hence the wrapper)."""
     path = tmp_path_factory.mktemp("device bin") / "python"
-    path.write_text(f'#!/bin/sh\nexport PYTHONPATH="{ROOT}"\nexport OMP_NUM_THREADS=1\nexec "{sys.executable}" "$@"\n',
-                    encoding="utf-8")
+    path.write_text(f'#!/bin/sh\nexport OMP_NUM_THREADS=1\nexec "{torch_free}" "$@"\n', encoding="utf-8")
     path.chmod(0o755)
     return path
 
@@ -100,14 +113,17 @@ def test_round_trip_quoting_delta_tamper_gate(server, device_python, hostile_run
     remote_parent.mkdir()
     remote = remote_parent / "dir $(touch PWNED_DIR); 'x\""
     config = server.client_config("ssh_config")
+    started = time.perf_counter()
     code, out, err = deploy(hostile_run, f"device:{remote}", config=config, python=device_python)
+    first_seconds = time.perf_counter() - started
     # the run's random weights sit at chance on the device's images: its verify is INCONCLUSIVE (exit 5
     # there), and so is the deploy's, with the device named; every output still comes back
     assert code == 5, err
     assert err.strip().splitlines()[-1].startswith("edgexfer: error: verdict INCONCLUSIVE on 1 device(s): device:")
     # the verdict table of a local verify, with the device named
     assert "device device (onnxruntime; " in out and "by rsync" in out
-    assert "reference torch fp32" in out
+    assert "reference float ONNX on onnxruntime fp32" in out  # no checkpoint sent, no torch there
+    assert "(torch reference unavailable: the checkpoint stays on the workstation (deploy sends the ONNX" in out
     assert any(line.strip().startswith("onnxruntime_int8") and "INCONCLUSIVE" in line for line in out.splitlines())
     first = sent_bytes(out)
     assert first > 1_000_000  # the models went over the wire
@@ -118,6 +134,7 @@ def test_round_trip_quoting_delta_tamper_gate(server, device_python, hostile_run
     assert verify["dataset"]["num_images"] == 9
     doctor = json.loads((folder / "doctor.json").read_text())
     assert any(b["name"] == "onnxruntime" and b["usable"] for b in doctor["backends"])
+    assert doctor["libraries"]["torch"] == "" and doctor["libraries"]["torchvision"] == ""  # a torch-free device
     bench = json.loads((folder / "bench" / "device.json").read_text())
     assert {r["backend"] for r in bench["results"] if r.get("status") == "ok"} == {"onnxruntime"}
     manifest = json.loads((hostile_run / "manifest.json").read_text())
@@ -139,6 +156,7 @@ def test_round_trip_quoting_delta_tamper_gate(server, device_python, hostile_run
                             python=device_python)
     assert code == 5, err
     assert sent_bytes(out) < first / 1000
+    print(f"\nfirst deploy {first_seconds:.0f} s, {first} bytes; second (int8, no bench) {sent_bytes(out)} bytes")
 
     # a bundle file changed on the device with size and mtime kept: rsync's quick check misses it, the
     # hash check there does not; it is re-sent by checksum. Then the gate fails on the device: exit 3.
@@ -262,3 +280,196 @@ def test_no_python_no_edgexfer_on_device(server, device_python, float_run, tmp_p
     code, line = _error(float_run, f"device:{tmp_path / 'r'}", config, bare)
     assert code == 2 and "edgexfer is not installed" in line and "pip install edgexfer" in line, line
     assert not (tmp_path / "r" / "bundle" / "BUNDLE.json").exists()  # nothing sent to an unusable device
+
+
+def test_bundle_holds_what_the_device_needs(hostile_run):
+    """ONNX models (class names and preprocessing in their metadata), the validation images, the manifest
+    and the index; never the training checkpoint. The device's manifest holds with what it has."""
+    from edgexfer.deploy.bundle import INDEX, make_bundle
+    from edgexfer.manifest import Manifest
+
+    bundle = make_bundle(hostile_run, "onnxruntime", "onnx_int8_cpu", hostile_run.parent / "images", 9,
+                         send_data=True)
+    files = sorted(p.relative_to(bundle.root).as_posix() for p in bundle.root.rglob("*") if p.is_file())
+    models = ["export/model.onnx", "export/model_int8_cpu.onnx"]
+    assert [f for f in files if not f.startswith("data/")] == sorted([INDEX, "manifest.json", *models])
+    assert len([f for f in files if f.startswith("data/")]) == 9
+    assert sorted(bundle.files) == sorted(set(files) - {INDEX})
+    assert bundle.artifacts == ["onnx", "onnx_int8_cpu"]
+    sent = Manifest.open(bundle.root)
+    assert sorted(sent.data["artifacts"]) == ["onnx", "onnx_int8_cpu"] and sent.audit() == []
+    here = json.loads((hostile_run / "manifest.json").read_text())["artifacts"]
+    assert sent.get("onnx").extra["inputs_not_sent"] == {"checkpoint": here["checkpoint"]["sha256"]}
+    assert sent.get("onnx_int8_cpu").inputs == {"onnx": here["onnx"]["sha256"]}
+
+
+def _no_venv_python(tmp_path: Path) -> Path:
+    """A Python whose ensurepip does not import, as on Debian without python3-venv."""
+    fake = tmp_path / "no ensurepip"
+    (fake / "ensurepip").mkdir(parents=True)
+    (fake / "ensurepip" / "__init__.py").write_text("raise ImportError('ensurepip is disabled (Debian)')\n")
+    python = tmp_path / "python-without-venv"
+    python.write_text(f'#!/bin/sh\nexport PYTHONPATH="{fake}"\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
+@pytest.mark.slow
+def test_setup_installs_then_reuses(server, float_run, torch_free, tmp_path, monkeypatch):
+    """deploy --setup on a device whose Python has no edgexfer: the venv is made from the wheel of this
+    checkout and a wheelhouse (--no-index), the deploy runs in it, a second deploy reuses it untouched."""
+    from edgexfer.deploy.setup import WHEEL_CACHE_ENV, local_wheel
+
+    monkeypatch.setenv(WHEEL_CACHE_ENV, str(tmp_path / "wheels"))
+    wheel, key = local_wheel()
+    wheels = wheelhouse(torch_free, wheel)
+    base = base_python(torch_free)
+    config = server.client_config("ssh_config")
+    remote = tmp_path / "device; $(touch PWNED_SETUP) 'x"
+    env = {WHEEL_CACHE_ENV: str(tmp_path / "wheels")}
+    common = ("--setup", "--precision", "fp32", "--no-bench")
+
+    code, line = _error(float_run, f"device:{remote}", config, _no_venv_python(tmp_path), *common)
+    assert code == 2 and "cannot make a venv" in line and "apt-get install python3-venv" in line, line
+    # pip failing (a wheelhouse without the dependencies, no index): its last error line, nothing used
+    partial = tmp_path / "partial wheelhouse"
+    partial.mkdir()
+    for stray in sorted(wheels.glob("click-*.whl")):
+        (partial / stray.name).write_bytes(stray.read_bytes())
+    code, line = _error(float_run, f"device:{remote}", config, base, *common, "--wheelhouse", str(partial))
+    assert code == 2 and "pip install failed" in line and "ERROR:" in line, line
+    assert not (remote / "venv" / ".edgexfer-setup.json").exists()
+
+    started = time.perf_counter()
+    code, out, err = deploy(float_run, f"device:{remote}", *common, "--wheelhouse", str(wheels), config=config,
+                            python=base, env=env)
+    first_seconds = time.perf_counter() - started
+    assert code in (0, 5), err  # passed, or INCONCLUSIVE: random weights at chance
+    assert "setting up edgexfer in" in err and "pip install edgexfer (from the wheelhouse, no index)" in err
+    marker = json.loads((remote / "venv" / ".edgexfer-setup.json").read_text())
+    assert marker["key"] == key and marker["extras"] == []
+    venv_python = remote / "venv" / "bin" / "python"
+    no_torch = subprocess.run([str(venv_python), "-c", "import torch"], capture_output=True, text=True,
+                              env={"PATH": os.environ["PATH"]}, cwd=tmp_path, check=False)
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    doctor = json.loads((float_run / "devices" / "device" / "doctor.json").read_text())
+    assert doctor["executable"].startswith(str(remote / "venv"))  # the deploy ran in the venv it made
+    installed = next((remote / "venv" / "lib").glob("python3*/site-packages/edgexfer/__init__.py"))
+    before = installed.stat().st_mtime_ns
+
+    started = time.perf_counter()
+    code, out, err = deploy(float_run, f"device:{remote}", *common, "--wheelhouse", str(wheels), config=config,
+                            python=base, env=env)
+    second_seconds = time.perf_counter() - started
+    assert code in (0, 5), err
+    assert f"edgexfer {key[:12]} already set up in {remote}/venv (reused)" in err and "pip install" not in err
+    assert installed.stat().st_mtime_ns == before
+    assert injected(tmp_path, float_run.parent) == []
+    print(f"\nsetup deploy {first_seconds:.0f} s, reuse deploy {second_seconds:.0f} s, "
+          f"wheelhouse {sum(p.stat().st_size for p in wheels.glob('*.whl')) / 1e6:.0f} MB")
+
+
+def _fake_rsync(tmp_path: Path, seconds: int) -> Path:
+    """A folder for PATH whose rsync is the real one, throttled and killed after ``seconds``: a transfer
+    cut mid-way (as a dropped link or Ctrl-C would)."""
+    import shutil
+
+    folder = tmp_path / "cut rsync"
+    folder.mkdir()
+    real = shutil.which("rsync")
+    (folder / "rsync").write_text(f'#!/bin/sh\nexec timeout -s KILL {seconds} "{real}" --bwlimit=2000 "$@"\n')
+    (folder / "rsync").chmod(0o755)
+    return folder
+
+
+@pytest.mark.slow
+def test_interrupted_copy_resumes(server, device_python, float_run, tmp_path):
+    remote = tmp_path / "device dir"
+    config = server.client_config("ssh_config")
+    cut = _fake_rsync(tmp_path, 3)
+    code, out, err = deploy(float_run, f"device:{remote}", "--precision", "fp32", "--no-bench", config=config,
+                            python=device_python, env={"PATH": f"{cut}:{os.environ['PATH']}"})
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err, err
+    assert "device: the transfer was interrupted (rsync exit " in lines[-1] and "run the deploy again" in lines[-1]
+    # nothing half-written under a final name there, no run made; nothing collected here
+    visible = [p.relative_to(remote / "bundle").as_posix() for p in (remote / "bundle").rglob("*") if p.is_file()
+               and not any(part.startswith(".") for part in p.relative_to(remote / "bundle").parts)]
+    assert visible == [] and not (remote / "run").exists()
+    assert not (float_run / "devices" / "device").exists()
+    code, out, err = deploy(float_run, f"device:{remote}", "--precision", "fp32", "--no-bench", config=config,
+                            python=device_python)
+    assert code in (0, 5), err
+    total = sum(p.stat().st_size for p in (remote / "bundle").rglob("*") if p.is_file())
+    print(f"\nafter the cut, the re-run sent {sent_bytes(out)} of {total} bytes")
+    assert sent_bytes(out) < total  # resumed: what arrived before the cut was not sent again
+    assert json.loads((float_run / "devices" / "device" / "verify" / "verify.json").read_text())["artifacts"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (root only): a device folder on a disk too small for a bundle."""
+    import shutil
+
+    mount = tmp_path / "small disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a full disk is simulated with a tmpfs, which needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_full_disk_one_line_nothing_half_written_then_completes(server, device_python, float_run, small_disk):
+    from edgexfer.deploy.config import DeployConfig
+    from edgexfer.deploy.remote import BundleCache, Device
+    from edgexfer.errors import DeviceError
+
+    config = server.client_config("ssh_config")
+    remote = small_disk / "deploy"
+    # the probe sees too little room: refused before anything is sent
+    code, line = _error(float_run, f"device:{remote}", config, device_python, "--precision", "fp32")
+    assert code == 2 and "disk is full for this deploy" in line, line
+    assert [p for p in remote.rglob("*") if p.is_file()] == []
+    # the disk fills during the copy (the probe said there was room): rsync and the tar over ssh
+    for copy in ("rsync", "ssh"):
+        settings = DeployConfig(run_dir=float_run, targets=(f"device:{remote}",), backend="onnxruntime",
+                                precisions=("fp32",), remote_python=str(device_python), ssh_config=str(config),
+                                data=float_run.parent / "images", limit=9, copy=copy, progress=False)
+        device = Device(settings, settings.parsed_targets()[0], lambda line: None)
+        bundle = BundleCache(settings).get("onnxruntime")
+        with pytest.raises(DeviceError) as caught:
+            device.send(bundle, free_bytes=10**12)
+        assert "disk is full" in str(caught.value) and "\n" not in str(caught.value), (copy, caught.value)
+        names = [p.relative_to(remote).as_posix() for p in remote.rglob("*") if p.is_file()]
+        assert not [n for n in names if n.startswith("bundle/") and "/." not in n and "~tmp~" not in n], names
+        assert ".upload.tar.partial" not in names and not (remote / "run").exists()
+    # room again: the same send completes and the bundle is checked there
+    subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
+    done = device.send(bundle, free_bytes=10**12)
+    assert done.tool == "ssh" and (remote / "run" / "manifest.json").is_file()
+
+
+def test_setup_files_travel_without_rsync(server, float_run, tmp_path):
+    """--setup's wheels over ssh alone (a tar into the bootstrap on the device's bare Python), byte-counted
+    and hash-checked there by the install step."""
+    from edgexfer.deploy import setup
+    from edgexfer.deploy.config import DeployConfig
+    from edgexfer.deploy.remote import Device
+
+    remote = tmp_path / "bare device; $(touch PWNED_TAR)"
+    settings = DeployConfig(run_dir=float_run, targets=(f"device:{remote}",), backend="onnxruntime",
+                            remote_python=sys.executable, ssh_config=str(server.client_config("ssh_config")),
+                            setup=True, copy="ssh", progress=False)
+    device = Device(settings, settings.parsed_targets()[0], lambda line: None)
+    wheel = tmp_path / "edgexfer-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(os.urandom(300_000))
+    files = setup.stage_files(tmp_path / "staged", wheel, None)
+    assert setup.bootstrap(device, "probe")["installed"] is None
+    setup._send(device, tmp_path / "staged")
+    assert sha256(remote / "setup" / wheel.name) == files[wheel.name]
+    assert [p.name for p in (remote / "setup").iterdir()] == [wheel.name]  # nothing partial left
+    assert injected(tmp_path) == []

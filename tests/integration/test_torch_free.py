@@ -5,24 +5,22 @@ refuses with exit 4 naming the extra.
 The venv gets the project as a device would: ``pip install <copy of the project>`` with its own
 dependencies from pyproject.toml and no extra (so a torch dependency slipping back into the core list
 fails here: ``import torch`` must fail in that venv). The venv is kept between runs per dependency list
-(see :func:`_venv_home`); this checkout is reinstalled into it every time. Skipped only when pip cannot
+(see tests/torch_free_venv.py); this checkout is reinstalled into it every time. Skipped only when pip cannot
 reach a package index.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import onnx_factory as factory
+from torch_free_venv import torch_free_python
 from conftest import make_image_folder
 
 pytestmark = pytest.mark.slow
@@ -31,68 +29,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TRAIN_HINT = "pip install 'edgexfer[train]'"
 
 
-def _pip(python: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", *args],
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "(no output)"
-
-
-def _core_dependencies() -> str:
-    """The ``[project] dependencies`` block of pyproject.toml, as written."""
-    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    match = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M)
-    assert match, "pyproject.toml has no [project] dependencies list"
-    return match.group(1)
-
-
-def _venv_home() -> Path:
-    """Where the torch-free venv is kept between test runs: one per Python version and dependency list
-    (a changed list makes a new venv, so pip resolves it again), under $EDGEXFER_TEST_CACHE or
-    ~/.cache/edgexfer/test."""
-    key = hashlib.sha256(f"{sys.version_info[:2]}|{_core_dependencies()}".encode()).hexdigest()[:12]
-    base = Path(os.environ.get("EDGEXFER_TEST_CACHE", Path.home() / ".cache" / "edgexfer" / "test"))
-    return base / f"torch-free-venv-{key}"
-
-
-def _project_copy(root: Path) -> Path:
-    """What a wheel is built from, copied, so the build writes nothing into the checkout."""
-    source = root / "src"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, source / name)
-    shutil.copytree(ROOT / "edgexfer", source / "edgexfer", ignore=shutil.ignore_patterns("__pycache__"))
-    return source
-
-
 @pytest.fixture(scope="module")
 def device_python(tmp_path_factory) -> Path:
-    """The python of a venv holding ``pip install edgexfer`` (no extras) of this checkout.
-
-    The venv and its dependencies (resolved by pip from pyproject.toml, no extra) are made once per
-    dependency list and kept; this checkout's edgexfer is reinstalled into it (``--no-deps``) every time.
-    """
-    root = tmp_path_factory.mktemp("torch_free")
-    venv = _venv_home()
-    python = venv / "bin" / "python"
-    complete = venv / ".edgexfer-deps-installed"
-    if not complete.is_file():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
-        probe = _pip(python, "download", "--no-deps", "--dest", str(root / "probe"), "click>=8.0", timeout=300)
-        if probe.returncode != 0:
-            shutil.rmtree(venv, ignore_errors=True)
-            pytest.skip(f"pip cannot reach a package index here: {_last_line(probe.stderr)}")
-        installed = _pip(python, "install", "--quiet", str(_project_copy(root)))
-        assert installed.returncode == 0, installed.stderr[-3000:]
-        complete.write_text(_core_dependencies(), encoding="utf-8")
-    else:
-        installed = _pip(python, "install", "--quiet", "--no-deps", "--force-reinstall", str(_project_copy(root)))
-        assert installed.returncode == 0, installed.stderr[-3000:]
-    return python
+    """The python of the torch-free venv holding ``pip install edgexfer`` (no extras) of this checkout."""
+    return torch_free_python(tmp_path_factory.mktemp("torch_free"))
 
 
 @pytest.fixture(scope="module")

@@ -82,6 +82,17 @@ def test_verify_markdown_reports_failure_drop_and_per_class_delta():
     assert "| torch fp32 (reference) | 1 | 20.00 |" in text
 
 
+def test_verify_summary_lines_the_terminal_table():
+    data, entry = _verify_data()
+    data["reference"]["precision"] = "fp32"
+    lines = report.verify_summary_lines(data)
+    assert lines[0] == f"reference torch fp32: top-1 {data['reference']['top1']:.2f}% on 30 images"
+    (row,) = [line for line in lines if line.strip().startswith("onnxruntime_int8")]
+    assert "FAILED  top-1 86.67% (drop +13.33, CI " in row and "agreement 86.7%, p50 5.00 ms" in row
+    assert any(line.startswith("    gate: top-1 drop 13.33 pts > --max-drop 1") for line in lines)
+    assert any(line.split()[:3] == ["openvino_int8", "ERROR", "cannot"] for line in lines)
+
+
 def test_verify_markdown_says_inconclusive_and_why():
     from edgexfer.parity import chance_check
 

@@ -32,7 +32,7 @@ def _base(stage: str, key: str) -> Dict[str, Any]:
     declares it (TensorRT's for --max-batch), as the backends declare them; a deploy needs a device; verify's
     --gate-on ci needs the --max-drop it applies to."""
     if stage == "deploy":
-        return {"to": ["device"]}
+        return {"to": ["device"], **({"setup": True} if key == "wheelhouse" else {})}
     if stage == "verify" and key == "gate_on":
         return {"max_drop": 1.0}
     if stage != "build":
@@ -47,6 +47,10 @@ def _value(stage: str, key: str, param: click.Option, folder: Path) -> Any:
     """A valid, non-default value for the option."""
     if key in VALUES[stage]:
         return VALUES[stage][key]
+    if (stage, key) == ("deploy", "wheelhouse"):  # a folder of wheels
+        (folder / "wheels").mkdir(exist_ok=True)
+        (folder / "wheels" / "click-8.1.7-py3-none-any.whl").write_bytes(b"")
+        return str(folder / "wheels")
     default = param.get_default(click.Context(click.Command("x")))
     if param.is_flag:
         return not default
@@ -103,7 +107,8 @@ def test_every_cli_option_is_a_yaml_key_that_reaches_the_config(tmp_path):
                  "verify.plots", "bench.batch", "bench.e2e", "build.workspace_mb", "build.max_batch",
                  "build.strongly_typed"):
         assert name in checked
-    assert {"deploy.to", "deploy.remote_python", "deploy.ssh_config", "deploy.keep"} <= set(checked)
+    assert {"deploy.to", "deploy.remote_python", "deploy.ssh_config", "deploy.keep", "deploy.setup",
+            "deploy.wheelhouse"} <= set(checked)
 
 
 def test_patience_zero_disables_early_stopping_in_yaml_as_on_the_cli(tmp_path):
