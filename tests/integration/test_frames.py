@@ -326,3 +326,49 @@ def test_predict_video_without_opencv_or_with_a_bad_video(colour, tmp_path, cli_
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 raises ImportError, as when not installed
     code, _, err = cli_runner("predict", str(colour), "--video", "0")
     assert code == 4 and "pip install 'edgexfer[video]'" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- build, bench and verify of a run with raw-frame models ------------------------------------------
+@pytest.mark.slow
+def test_frame_builds_stand_beside_the_others_and_bench_and_verify_know_them(tmp_path, cli_runner):
+    """build --source onnx_frame records <backend>_fp32_frame (its own files, smoke-checked on frames);
+    bench times it on frames (model alone, end to end and pipelined from frame-size JPEGs); verify skips it
+    with a line saying where its parity is."""
+    from conftest import make_image_folder, make_run_dir
+    from edgexfer.manifest import Manifest
+    from edgexfer.stages.build import BuildConfig, run_build
+    from edgexfer.stages.export import ExportConfig, run_export
+
+    run = make_run_dir(tmp_path / "run", size=32)
+    images = make_image_folder(tmp_path / "images", per_class=3, size=60, seed=3)
+    run_export(ExportConfig(run_dir=run, uint8_input=True, frame="72x96", frame_format="bgr", eval_data=images,
+                            eval_size=9, parity_images=9, progress=False, shared_cache=False))
+    backends = ["onnxruntime"] + (["openvino"] if _has("openvino") else [])
+    for backend in backends:
+        run_build(BuildConfig(run_dir=run, backend=backend, precision="fp32", smoke_data=images, progress=False))
+        frame = run_build(BuildConfig(run_dir=run, backend=backend, precision="fp32", source="onnx_frame",
+                                      smoke_data=images, progress=False))
+        assert frame.name == f"{backend}_fp32_frame" and frame.path.name.startswith(f"{backend}_fp32_frame.")
+        assert frame.smoke["mean_cosine"] > 0.999
+    manifest = Manifest.open(run)
+    for backend in backends:  # both builds recorded, each with its own files, both fresh
+        assert manifest.is_fresh(f"{backend}_fp32") and manifest.is_fresh(f"{backend}_fp32_frame")
+    code, out, err = cli_runner("-q", "bench", "--run", str(run), "--backend", ",".join(backends), "--batch", "1",
+                                "--min-time", "0.05", "--min-iterations", "3", "--mode", "throughput",
+                                "--machine-name", "box", "--work-dir", str(tmp_path / "w"))
+    assert code == 0, err
+    rows = {r["artifact"]: r for r in json.loads((run / "bench" / "box.json").read_text())["results"]}
+    for backend in backends:
+        row = rows[f"{backend}_fp32_frame"]
+        assert row["status"] == "ok" and row["input"] == "uint8 72x96 bgr frame"
+        assert row["frame"] == {"height": 72, "width": 96, "format": "bgr"}
+        assert row["e2e"]["p50_ms"] > 0 and row["pipelined"]["images_per_s"] > 0
+        assert "frame" not in rows[f"{backend}_fp32"]
+    code, out, err = cli_runner("verify", str(run), "--data", str(images), "--no-plots")
+    assert "onnxruntime_fp32_frame" in out and "takes raw camera frames" in out
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
