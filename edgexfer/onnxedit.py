@@ -1,4 +1,4 @@
-"""Edits of ONNX graphs that several stages need (the uint8-pixel input variant).
+"""Edits of ONNX graphs that several stages need (the uint8-pixel and raw-frame input variants).
 
 Kept below the stages so the export stage, the bench preparation and later the deploy path share one
 implementation instead of importing each other.
@@ -24,15 +24,37 @@ def with_uint8_input(float_model: Any, preprocess: Any, layout: str) -> Any:
     quantizer calibrates like any activation, so the variant stays quantizable. Metadata, model-level
     fields and the input's name and batch dimension are kept.
     """
-    import onnx
-    from onnx import TensorProto, helper
-
     source = float_model.graph.input[0]
     dims = [d.dim_param or d.dim_value for d in source.type.tensor_type.shape.dim]
     if layout == "NHWC":
         dims = [dims[0], dims[2], dims[3], dims[1]]
-    prefix = _free_prefix(float_model)
     pre = _preprocessing_model(float_model, preprocess, layout, dims, source.name)
+    return _merge_in_front(float_model, pre, dims)
+
+
+def with_frame_input(float_model: Any, preprocess: Any, spec: Any) -> Any:
+    """A copy of the float (or QDQ) model whose ``input`` is the camera's raw uint8 frame, NHWC
+    ``(batch, H, W, 3)`` in ``spec``'s channel order, with resize, centre crop, channel swap and
+    normalisation inside (:func:`edgexfer.framegraph.frame_preprocessing_model`: Cast first, then
+    Pillow's resampling weights). Merged like :func:`with_uint8_input`, names prefixed."""
+    from edgexfer.framegraph import frame_preprocessing_model
+
+    source = float_model.graph.input[0]
+    batch = source.type.tensor_type.shape.dim[0]
+    batch = batch.dim_param or batch.dim_value or "batch"
+    opsets = [o for o in float_model.opset_import if o.domain in ("", "ai.onnx")]
+    pre = frame_preprocessing_model(preprocess, spec, source.name, opsets, float_model.ir_version, batch)
+    return _merge_in_front(float_model, pre, [batch, spec.height, spec.width, 3])
+
+
+def _merge_in_front(float_model: Any, pre: Any, dims: list) -> Any:
+    """``pre`` (uint8 input named like the model's, float ``normalized`` out) merged in front of the model;
+    the model's metadata, model-level fields, input name and opsets kept; checked."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    source = float_model.graph.input[0]
+    prefix = _free_prefix(float_model)
     merged = onnx.compose.merge_models(
         pre,
         float_model,

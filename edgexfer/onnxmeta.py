@@ -1,8 +1,8 @@
 """The edgexfer metadata inside ONNX models (``model.metadata_props``), see docs/contracts.md.
 
 An exported model carries what a device needs to use it with nothing else at hand: the architecture,
-the class names, the preprocessing spec, the input format (float NCHW or uint8 NCHW/NHWC), the
-precision and, for INT8 models, the target family whose QDQ rules it follows.
+the class names, the preprocessing spec, the input format (float NCHW, uint8 NCHW/NHWC, or a raw uint8
+camera frame with its size), the precision and, for INT8 models, the target family whose QDQ rules it follows.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from edgexfer.errors import ArtifactError, ConfigError
 from edgexfer.preprocess import Preprocess
 
 PREFIX = "edgexfer."
-INPUT_FORMATS = ("float_nchw", "uint8_nchw", "uint8_nhwc")
+INPUT_FORMATS = ("float_nchw", "uint8_nchw", "uint8_nhwc", "frame_rgb", "frame_bgr")  # frame_*: edgexfer.frames
 PRECISIONS = ("fp32", "int8")
 TARGETS = ("cpu", "tensorrt", "openvino")
 

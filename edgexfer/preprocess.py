@@ -199,7 +199,8 @@ class Preprocess:
                                                transforms.Normalize(self.mean, self.std)])
 
 
-def load_image(path: "os.PathLike[str] | str", fit: "Optional[Preprocess]" = None) -> "Any":
+def load_image(path: "os.PathLike[str] | str", fit: "Optional[Preprocess]" = None,
+               draft_to: "Optional[Tuple[int, int]]" = None) -> "Any":
     """Open any still image as 8-bit RGB, with one clear :class:`DataError` when it cannot be read.
 
     Handles palette, CMYK, grayscale, 16-bit and alpha images (alpha is composited on black, the
@@ -210,6 +211,8 @@ def load_image(path: "os.PathLike[str] | str", fit: "Optional[Preprocess]" = Non
     never below ``fit.resize_size`` on the shorter side; :meth:`Preprocess.resize_crop` then does the
     exact resize and crop from it. A 1920x1080 frame decodes about 2x faster, a 12 Mpx photo 3-4x.
     Training augmentation loads without ``fit``: its random crops may zoom in, which wants every pixel.
+    ``draft_to`` (width, height) does the same for a raw-frame model's frame (:mod:`edgexfer.frames`): the
+    reduced decode is never smaller than that size on either side.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -223,6 +226,9 @@ def load_image(path: "os.PathLike[str] | str", fit: "Optional[Preprocess]" = Non
                 raise DataError(f"image '{path}' has no pixels ({opened.width}x{opened.height})")
             source_size = opened.size
             scale = fit.draft_scale(*source_size) if fit is not None and opened.format == "JPEG" else 1
+            if draft_to is not None and opened.format == "JPEG":
+                ratio = min(source_size[0] // max(1, draft_to[0]), source_size[1] // max(1, draft_to[1]))
+                scale = next(s for s in (8, 4, 2, 1) if s <= ratio or s == 1)
             if scale > 1:
                 # PIL takes the largest of 8/4/2/1 not above min(W // w, H // h): this request gives `scale`.
                 drafted = opened.draft(opened.mode, (source_size[0] // scale, source_size[1] // scale))

@@ -146,6 +146,8 @@ def bench(**_: Any) -> None:
         lat, e2e = row["latency"], row.get("e2e")
         extra = f"  e2e {e2e['p50_ms']:8.2f} ms ({row['e2e_ratio']:.2f}x)" if e2e else ""
         speed = f"  {row['speedup_vs_torch']:5.2f}x torch" if row.get("speedup_vs_torch") else ""
+        if row.get("frame"):  # a raw-frame model (export --frame): say so, the row is otherwise a twin
+            extra += f"  [{row['input']}]"
         click.echo(
             f"  {row['model']:<20} {row['backend']:<12} {row['precision']:<5} b{row['batch']:<3} "
             f"p50 {lat['p50_ms']:8.2f} ms (IQR {lat['iqr_ms']:.2f}, p99 {lat['p99_ms']:.2f}){speed}{extra}"

@@ -52,6 +52,20 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> ExportConfig:
     show_default=True,
     help="Layout of the uint8 input (decoded images are NHWC).",
 )
+@click.option(
+    "--frame",
+    default=None,
+    metavar="HxW",
+    help="With --uint8-input: the model takes the camera's raw uint8 frame (NHWC, HEIGHTxWIDTH, e.g. 1080x1920) "
+    "and resizes, crops and normalises it in its graph (INT8 models get the same front).",
+)
+@click.option(
+    "--frame-format",
+    type=click.Choice(("rgb", "bgr"), case_sensitive=False),
+    default=_DEFAULTS["frame_format"],
+    show_default=True,
+    help="Channel order of the --frame input (OpenCV delivers bgr).",
+)
 @click.option("--int8", is_flag=True, help="Also write INT8 QDQ models (needs calibration images).")
 @click.option(
     "--target",
@@ -180,6 +194,12 @@ def _detail(metrics: Dict[str, Any]) -> str:
             )
             + (f", scored on {metrics['scored_on']}" if metrics.get("scored_on") else "")
             + ("; INCONCLUSIVE: the float model is at chance here" if metrics.get("verdict") == "inconclusive" else "")
+        )
+    if "frame" in metrics:
+        return (
+            f"vs host preprocessing: max {metrics['max_grey_levels']:.1f} grey levels, logit cosine "
+            f">= {metrics['min_cosine']:.4f}, top-1 agreement {metrics['top1_agreement']:.4f} "
+            f"on {metrics['images']} images"
         )
     return (
         f"max abs diff {metrics['max_abs_diff']:.2e}, top-1 agreement "

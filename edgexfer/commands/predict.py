@@ -23,6 +23,7 @@ def config_from_params(params: Mapping[str, Any], progress: bool) -> Any:
         provider=params["provider"],
         workers=params["workers"],
         list_file=params["list_file"],
+        video=params["video"],
         progress=progress,
     )
 
@@ -50,6 +51,11 @@ def config_from_params(params: Mapping[str, Any], progress: bool) -> Any:
     "--list", "list_file", type=click.Path(path_type=str), default=None,
     help="A text file of image paths, one per line (relative to the current folder; # comments).",
 )
+@click.option(
+    "--video", default=None, metavar="FILE|CAMERA_INDEX",
+    help="Predict every frame of a video file or camera (an index such as 0) through OpenCV "
+    "(pip install 'edgexfer[video]'); one result per frame, streamed with --jsonl.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout (for machines).")
 @click.option(
     "--jsonl", "as_jsonl", is_flag=True,
@@ -57,8 +63,10 @@ def config_from_params(params: Mapping[str, Any], progress: bool) -> Any:
 )
 def predict(**params: Any) -> None:
     """Top-k class names and scores for IMAGE files (or folders of images, or quoted glob patterns such
-    as 'photos/*.jpg') from a run directory or an artifact file (.onnx, .engine, .xml, .pt), preprocessed
-    as the artifact's metadata says. Images are decoded on worker threads while the model runs."""
+    as 'photos/*.jpg', or the frames of --video) from a run directory or an artifact file (.onnx, .engine,
+    .xml, .pt), preprocessed as the artifact's metadata says. Images are decoded on worker threads while
+    the model runs. A raw-frame model (export --frame) gets each image as a frame of its size: resized
+    (aspect kept, covering the frame, centre-cropped) only when the image's size differs."""
     from edgexfer.console import progress_enabled
     from edgexfer.errors import ConfigError
     from edgexfer.stages.predict import run_predict

@@ -101,8 +101,11 @@ class BuildConfig:
 
     @property
     def artifact_name(self) -> str:
-        """The manifest name of what this build records."""
-        return f"{self.backend}_{self.precision}"
+        """The manifest name of what this build records: ``<backend>_<precision>``, with ``_frame`` added
+        when built from a raw-frame export (``--source onnx_frame`` / ``onnx_int8_<target>_frame``), so it
+        stands beside the build that takes preprocessed input instead of replacing it."""
+        frame = "_frame" if (self.source or "").endswith("_frame") else ""
+        return f"{self.backend}_{self.precision}{frame}"
 
     @property
     def tolerance(self) -> Tolerance:
@@ -145,6 +148,7 @@ def run_build(config: BuildConfig) -> BuildOutcome:
             t0 = time.perf_counter()
             steps.set_description(f"building {config.artifact_name}")
             result = backend.build(manifest.path_of(source), config.precision, staging, dict(config.options))
+            result = _renamed(result, config.artifact_name)
             seconds = time.perf_counter() - t0
             steps.update(1)
             smoke: Dict[str, Any] = {}
@@ -165,6 +169,20 @@ def run_build(config: BuildConfig) -> BuildOutcome:
     )
     _record(config, outcome, result.kind, files, source_sha, started)
     return outcome
+
+
+def _renamed(result: Any, name: str) -> Any:
+    """The staged build with every file of its stem renamed to ``name`` (a frame build's engine, IR weights
+    and sidecar get ``_frame`` so they never overwrite the other build's files)."""
+    import dataclasses
+
+    stem = result.path.stem
+    if stem == name:
+        return result
+    for path in list(result.path.parent.iterdir()):
+        if path.is_file() and path.stem == stem:
+            path.rename(path.with_name(name + path.suffix))
+    return dataclasses.replace(result, path=result.path.with_name(name + result.path.suffix))
 
 
 @contextlib.contextmanager
@@ -278,6 +296,20 @@ def smoke_images(
     return images, order[samples.labels[indices]]
 
 
+def _smoke_batch(images: List[Any], preprocess: Any, runner: Any, frame: Any, built: bool) -> np.ndarray:
+    """The smoke images in the runner's input format; for a raw-frame build both sides see the same frames
+    (each image made into a frame), the build raw and the float reference through the host preprocessing."""
+    from edgexfer.preprocess import images_to_batch
+
+    if frame is None:
+        return images_to_batch(images, preprocess, runner.input_dtype, runner.input_layout)
+    from edgexfer.framegraph import host_reference
+    from edgexfer.frames import image_to_frame
+
+    frames = np.stack([image_to_frame(image, frame) for image in images])
+    return frames if built else np.stack([host_reference(f, preprocess, frame.channel_order) for f in frames])
+
+
 def smoke_check(config: BuildConfig, manifest: Any, artifact: Path) -> Dict[str, Any]:
     """Run the new artifact and the float ONNX (ONNX Runtime) on the same images; compare their logits
     with :func:`edgexfer.compare.compare_logits` against :attr:`BuildConfig.tolerance`; where the
@@ -287,21 +319,24 @@ def smoke_check(config: BuildConfig, manifest: Any, artifact: Path) -> Dict[str,
     from edgexfer.config import to_dict
     from edgexfer.onnxmeta import read_metadata
     from edgexfer.parity import chance_check
-    from edgexfer.preprocess import images_to_batch
 
     if not manifest.has("onnx"):
         raise ArtifactError(
             f"the smoke check compares with the float ONNX model, which run '{config.run_dir}' "
             f"lacks; run 'edgexfer export {config.run_dir}' or build with --no-smoke"
         )
+    from edgexfer.backends.sidecar import artifact_metadata
+    from edgexfer.frames import frame_spec
+
     reference_path = manifest.path_of("onnx")
     metadata = read_metadata(reference_path)
     preprocess = metadata.preprocess
     images, labels = smoke_images(config, list(metadata.class_names), preprocess)
+    frame = frame_spec(artifact_metadata(artifact))
     logits = []
-    for name, path in (("onnxruntime", reference_path), (config.backend, artifact)):
+    for built, name, path in ((False, "onnxruntime", reference_path), (True, config.backend, artifact)):
         with get_backend(name).load(path) as runner:
-            logits.append(runner.infer(images_to_batch(images, preprocess, runner.input_dtype, runner.input_layout)))
+            logits.append(runner.infer(_smoke_batch(images, preprocess, runner, frame, built)))
     reference, built = logits
     if built.shape != reference.shape:
         raise ParityError(

@@ -47,6 +47,7 @@ class PredictConfig:
     provider: Optional[str] = None
     workers: Optional[int] = None
     list_file: Optional[Path] = None
+    video: Optional[str] = None
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -54,8 +55,12 @@ class PredictConfig:
         object.__setattr__(self, "images", tuple(Path(p) for p in self.images))
         if self.list_file is not None:
             object.__setattr__(self, "list_file", Path(self.list_file))
-        if not self.images and self.list_file is None:
-            raise ConfigError("predict needs at least one image file, folder or glob pattern, or --list FILE")
+        if self.video is not None and (self.images or self.list_file is not None):
+            raise ConfigError("--video reads the frames of one video or camera; leave out IMAGE arguments and --list")
+        if not self.images and self.list_file is None and self.video is None:
+            raise ConfigError(
+                "predict needs at least one image file, folder or glob pattern, --list FILE or --video FILE|CAMERA"
+            )
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be >= 0 (0: decode on the inference thread), got {self.workers}")
         if self.top_k < 1:
@@ -71,10 +76,12 @@ class PredictConfig:
 
 @dataclass
 class ModelInfo:
-    """What predict needs to know about a model: class names and preprocessing."""
+    """What predict needs to know about a model: class names, preprocessing, and the raw frame it takes
+    (``frame``: an :class:`edgexfer.frames.FrameSpec`) where it was exported with ``--frame``."""
 
     class_names: List[str]
     preprocess: Any
+    frame: Any = None
 
 
 @dataclass
@@ -118,8 +125,11 @@ def model_info(path: Path) -> ModelInfo:
 
         meta = meta_from_payload(read_checkpoint_file(path), str(path))
         return ModelInfo(list(meta.class_names), meta.preprocess)
-    meta = parse_props(artifact_metadata(path), source=f"'{path}'")
-    return ModelInfo(list(meta.class_names), meta.preprocess)
+    from edgexfer.frames import frame_spec
+
+    props = artifact_metadata(path)
+    meta = parse_props(props, source=f"'{path}'")
+    return ModelInfo(list(meta.class_names), meta.preprocess, frame_spec(props))
 
 
 def expand_images(paths: Sequence[Path], list_file: Optional[Path] = None) -> List[Path]:
@@ -285,23 +295,30 @@ def run_predict(
 
     from edgexfer.backends.base import get_backend
     from edgexfer.prefetch import chunked, ordered_prefetch
-    from edgexfer.preprocess import image_to_input
 
     name, backend_name, path = resolve_target(config)
     info = model_info(path)
-    files = expand_images(config.images, config.list_file)
-    check_images(files)
+    if config.video is not None:
+        from edgexfer.video import open_video, read_frames
+
+        capture, description = open_video(config.video)  # fails (exit 2 / 4) before the model loads
+        items: Any = enumerate(read_frames(capture, description))
+        total, label = None, lambda item: f"{description}#{item[0]}"
+        convert: Callable[..., np.ndarray] = _video_row
+    else:
+        files = expand_images(config.images, config.list_file)
+        check_images(files)
+        items, total, label, convert = files, len(files), str, _image_row
     backend = get_backend(backend_name)
     backend.require_available()
     options = load_options(config, backend, name)
-    result = PredictResult(artifact=name, backend=backend_name, path=path, images=len(files))
+    result = PredictResult(artifact=name, backend=backend_name, path=path, images=0)
     emit = on_prediction or result.predictions.append
     with backend.load(path, options) as runner:
-        prepare = partial(_prepare, preprocess=info.preprocess, dtype=runner.input_dtype,
-                          layout=runner.input_layout, convert=image_to_input)
-        rows = ordered_prefetch(prepare, files, decode_workers(config), window=2 * config.batch_size)
+        prepare = partial(convert, info=info, dtype=runner.input_dtype, layout=runner.input_layout)
+        rows = ordered_prefetch(prepare, items, decode_workers(config), window=2 * config.batch_size)
         start = time.perf_counter()
-        with tqdm(total=len(files), desc="predict", unit="img", disable=not config.progress, leave=False) as bar:
+        with tqdm(total=total, desc="predict", unit="img", disable=not config.progress, leave=False) as bar:
             for chunk in chunked(rows, config.batch_size):
                 logits = np.asarray(runner.infer(np.stack([row for _, row in chunk])))
                 if logits.shape[1] != len(info.class_names):
@@ -309,13 +326,34 @@ def run_predict(
                         f"'{path}' outputs {logits.shape[1]} scores but its metadata names "
                         f"{len(info.class_names)} classes; re-export the model"
                     )
-                for (file, _), top in zip(chunk, top_k(softmax(logits), info.class_names, config.top_k)):
-                    emit({"image": str(file), "top": top})
+                for (item, _), top in zip(chunk, top_k(softmax(logits), info.class_names, config.top_k)):
+                    emit(dict({"image": label(item), "top": top},
+                              **({"frame": item[0]} if config.video is not None else {})))
+                result.images += len(chunk)
                 bar.update(len(chunk))
         result.seconds = time.perf_counter() - start
     return result
 
 
-def _prepare(file: Path, preprocess: Any, dtype: Any, layout: str, convert: Callable[..., np.ndarray]) -> np.ndarray:
-    """One image file -> one row of the runner's input (runs on a decode thread)."""
-    return convert(preprocess.open(file), preprocess, dtype, layout)
+def _image_row(file: Path, info: ModelInfo, dtype: Any, layout: str) -> np.ndarray:
+    """One image file -> one row of the runner's input (runs on a decode thread): a raw frame for a frame
+    model (the file resized to the frame only if its size differs, :func:`edgexfer.frames.load_frame`),
+    else the preprocessed image."""
+    from edgexfer.frames import load_frame
+    from edgexfer.preprocess import image_to_input
+
+    if info.frame is not None:
+        return load_frame(file, info.frame)
+    return image_to_input(info.preprocess.open(file), info.preprocess, dtype, layout)
+
+
+def _video_row(item: Tuple[int, np.ndarray], info: ModelInfo, dtype: Any, layout: str) -> np.ndarray:
+    """One (index, OpenCV BGR frame) -> one row: the frame in the model's channel order (resized only if the
+    video's size differs) for a frame model, else the frame as an image, preprocessed."""
+    from edgexfer.frames import bgr_to_frame
+    from edgexfer.preprocess import image_to_input
+    from edgexfer.video import bgr_to_image
+
+    if info.frame is not None:
+        return bgr_to_frame(item[1], info.frame)
+    return image_to_input(bgr_to_image(item[1]), info.preprocess, dtype, layout)

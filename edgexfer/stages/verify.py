@@ -223,6 +223,12 @@ def verify_target(
         # Hash and provenance first: a stale artifact is reported like one that fails to load. The one
         # manifest of this verify memoises hashes, so a shared input (checkpoint, ONNX) is hashed once.
         manifest.require(target.name)
+        if _takes_frames(target.path):
+            entry.update(status="skipped", error=(
+                f"'{target.name}' takes raw camera frames (export --frame); verify feeds preprocessed images, "
+                "so it is not compared here: its parity with the host preprocessing is in the export record "
+                "(max grey levels, logit cosine, top-1 agreement), and predict / bench run it"))
+            return entry
         backend = get_backend(target.backend)
         backend.require_available()
         with backend.load(target.path, config.load_options()) as runner:
@@ -251,6 +257,17 @@ def verify_target(
     except EdgexferError as exc:
         entry.update(status="error", error=str(exc))
     return entry
+
+
+def _takes_frames(path: Any) -> bool:
+    """Whether an artifact's metadata says it takes raw frames (:mod:`edgexfer.frames`)."""
+    from edgexfer.backends.sidecar import artifact_metadata
+    from edgexfer.frames import frame_spec
+
+    try:
+        return frame_spec(artifact_metadata(path)) is not None
+    except EdgexferError:  # unreadable metadata: loading it below reports that
+        return False
 
 
 def _reference(

@@ -17,7 +17,7 @@ from edgexfer.pipeline import run_pipeline
 VALUES: Dict[str, Dict[str, Any]] = {
     "finetune": {"model": "mobilenet_v3_small", "weights": "none", "data": "fashion-mnist", "classes": "0-4",
                  "size": 48},
-    "export": {},
+    "export": {"frame": "64x96"},
     "build": {"backend": "openvino", "precision": "int8", "source": "onnx_int8_cpu", "min_batch": 1,
               "opt_batch": 1, "max_batch": 16, "dla_core": 0},
     "verify": {"backends": ["openvino"], "artifact": ["onnxruntime_int8"], "min_agreement": 95.0},
@@ -30,11 +30,13 @@ VALUES: Dict[str, Dict[str, Any]] = {
 def _base(stage: str, key: str) -> Dict[str, Any]:
     """What the rest of the step needs for the option to be valid: a build option needs a backend that
     declares it (TensorRT's for --max-batch), as the backends declare them; a deploy needs a device; verify's
-    --gate-on ci needs the --max-drop it applies to."""
+    --gate-on ci needs the --max-drop it applies to; export's --frame needs --uint8-input."""
     if stage == "deploy":
         return {"to": ["device"], **({"setup": True} if key == "wheelhouse" else {})}
     if stage == "verify" and key == "gate_on":
         return {"max_drop": 1.0}
+    if stage == "export" and key == "frame":
+        return {"uint8_input": True}  # a raw-frame model is a uint8-input model
     if stage != "build":
         return {}
     from edgexfer.backends.base import all_build_options

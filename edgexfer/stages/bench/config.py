@@ -92,6 +92,7 @@ class BenchTarget:
     path: Path
     preprocess: Any
     artifact: str
+    frame: Any = None  # the raw frame (edgexfer.frames.FrameSpec) of a model exported with --frame
 
 
 @dataclass

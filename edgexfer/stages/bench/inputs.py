@@ -13,14 +13,15 @@ E2E_IMAGE_SIZE = (500, 375)
 E2E_IMAGES = 16
 
 
-def synthetic_photos(folder: Path, count: int = E2E_IMAGES, seed: int = 0) -> List[Path]:
-    """Deterministic 500x375 JPEGs with smooth content (compress like photos, not like noise)."""
+def synthetic_photos(folder: Path, count: int = E2E_IMAGES, seed: int = 0, size: Any = E2E_IMAGE_SIZE
+                     ) -> List[Path]:
+    """Deterministic JPEGs (500x375 unless ``size``) with smooth content (compress like photos, not noise)."""
     from PIL import Image
 
     from edgexfer.fsutil import atomic_path
 
     folder.mkdir(parents=True, exist_ok=True)
-    width, height = E2E_IMAGE_SIZE
+    width, height = size
     rng = np.random.default_rng(seed)
     paths = []
     for index in range(count):
@@ -46,6 +47,24 @@ def shared_pixels(photos: List[Path], preprocess: Any, count: int) -> np.ndarray
     return np.stack([preprocess.to_uint8(preprocess.open(photos[i % len(photos)]), "NCHW") for i in range(count)])
 
 
+def target_photos(target: Any, photos: List[Path]) -> List[Path]:
+    """The photos a target's end-to-end path decodes: the shared ones, or for a raw-frame model JPEGs of its
+    frame size (made once beside them), as a camera's frames saved to files would be."""
+    if target.frame is None:
+        return photos
+    spec = target.frame
+    return synthetic_photos(photos[0].parent / f"frame_{spec.text}", len(photos), size=(spec.width, spec.height))
+
+
+def frame_batch(photos: List[Path], spec: Any, count: int) -> np.ndarray:
+    """``count`` decoded frames (cycling the photos) in the spec's channel order: a raw-frame model's
+    model-alone input, as a camera hands them over."""
+    from edgexfer.frames import load_frame
+
+    frames = [load_frame(path, spec) for path in photos[:count]]
+    return np.stack([frames[i % len(frames)] for i in range(count)])
+
+
 def input_batch(pixels: np.ndarray, runner: Any, preprocess: Any) -> np.ndarray:
     """The shared uint8 NCHW pixels in ``runner``'s input format (uint8 NCHW/NHWC or normalised float)."""
     layout = runner.input_layout
@@ -53,28 +72,38 @@ def input_batch(pixels: np.ndarray, runner: Any, preprocess: Any) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(0, 2, 3, 1) if layout == "NHWC" else array)
 
 
-def host_call(runner: Any, preprocess: Any, paths: List[Path], batch: int) -> Callable[[], np.ndarray]:
+def file_row(path: Path, runner: Any, preprocess: Any, frame: Any = None) -> np.ndarray:
+    """One image file as one row of ``runner``'s input: decoded and preprocessed, or for a raw-frame model
+    (``frame``) decoded into a frame of its size and channel order (resized only if its size differs)."""
+    from edgexfer.frames import load_frame
+    from edgexfer.preprocess import image_to_input
+
+    if frame is not None:
+        return load_frame(path, frame)
+    return image_to_input(preprocess.open(path), preprocess, runner.input_dtype, runner.input_layout)
+
+
+def host_call(runner: Any, preprocess: Any, paths: List[Path], batch: int, frame: Any = None
+              ) -> Callable[[], np.ndarray]:
     """The host side of one end-to-end batch alone: decode and preprocess, no inference (cycling files)."""
-    uint8 = np.dtype(runner.input_dtype) == np.uint8
-    layout = runner.input_layout
     position = [0]
 
     def call() -> np.ndarray:
         images = []
         for _ in range(batch):
-            image = preprocess.open(paths[position[0] % len(paths)])
+            images.append(file_row(paths[position[0] % len(paths)], runner, preprocess, frame))
             position[0] += 1
-            images.append(preprocess.to_uint8(image, layout) if uint8 else preprocess.to_array(image))
         return np.stack(images)
 
     return call
 
 
-def end_to_end_call(runner: Any, preprocess: Any, paths: List[Path], batch: int) -> Callable[[], np.ndarray]:
+def end_to_end_call(runner: Any, preprocess: Any, paths: List[Path], batch: int, frame: Any = None
+                    ) -> Callable[[], np.ndarray]:
     """One end-to-end batch: decode, resize/crop, format, infer, top-5 (cycling files)."""
     from edgexfer.metrics import topk_indices
 
-    host = host_call(runner, preprocess, paths, batch)
+    host = host_call(runner, preprocess, paths, batch, frame)
 
     def call() -> np.ndarray:
         return topk_indices(runner.infer(host()), 5)

@@ -12,7 +12,14 @@ import numpy as np
 
 from edgexfer.errors import EdgexferError
 from edgexfer.stages.bench.config import BenchConfig, BenchPlan, BenchTarget
-from edgexfer.stages.bench.inputs import end_to_end_call, host_call, input_batch, shared_pixels
+from edgexfer.stages.bench.inputs import (
+    end_to_end_call,
+    frame_batch,
+    host_call,
+    input_batch,
+    shared_pixels,
+    target_photos,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +88,18 @@ def _jobs(loaded: List[Tuple[BenchTarget, Any]], batch: int, pixels: np.ndarray,
         if max_batch and batch > int(max_batch):
             row.update(status="skipped", error=f"artifact's max batch is {max_batch}")
             continue
-        array = input_batch(pixels[:batch], runner, target.preprocess)
+        files = target_photos(target, photos)
+        if target.frame is not None:
+            row["frame"] = target.frame.to_dict()
+            row["input"] = f"uint8 {target.frame.text} {target.frame.channel_order} frame"
+            array = frame_batch(files, target.frame, batch)
+        else:
+            array = input_batch(pixels[:batch], runner, target.preprocess)
         key = len(rows) - 1
         jobs[(key, "latency")] = lambda r=runner, a=array: r.infer(a)
         if config.end_to_end:
-            jobs[(key, "host")] = host_call(runner, target.preprocess, photos, batch)
-            jobs[(key, "e2e")] = end_to_end_call(runner, target.preprocess, photos, batch)
+            jobs[(key, "host")] = host_call(runner, target.preprocess, files, batch, target.frame)
+            jobs[(key, "e2e")] = end_to_end_call(runner, target.preprocess, files, batch, target.frame)
     return jobs
 
 

@@ -28,15 +28,20 @@ def reference_target(run_dir: Path, model: str = "") -> BenchTarget:
 
 
 def build_target(run_dir: Path, name: str, reference: BenchTarget) -> BenchTarget:
-    """The recorded build ``name`` of a run (checked fresh), timed with the reference's preprocessing."""
+    """The recorded build ``name`` of a run (checked fresh), timed with the reference's preprocessing (or fed
+    raw frames, when its metadata says it takes them)."""
     from edgexfer.backends.base import artifact_target
     from edgexfer.manifest import Manifest
+
+    from edgexfer.backends.sidecar import artifact_metadata
+    from edgexfer.frames import frame_spec
 
     manifest = Manifest.open(run_dir)
     manifest.require(name)
     backend, precision = artifact_target(name, manifest.get(name))
-    return BenchTarget(model=reference.model, backend=backend, precision=precision,
-                       path=manifest.path_of(name), preprocess=reference.preprocess, artifact=name)
+    path = manifest.path_of(name)
+    return BenchTarget(model=reference.model, backend=backend, precision=precision, path=path,
+                       preprocess=reference.preprocess, artifact=name, frame=frame_spec(artifact_metadata(path)))
 
 
 def run_plan(run_dir: Path, backends: List[str], config: BenchConfig) -> BenchPlan:

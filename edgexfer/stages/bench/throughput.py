@@ -48,16 +48,14 @@ def model_stream(runner: Any, array: np.ndarray, in_flight: int) -> Callable[[fl
 
 
 def pipelined_stream(runner: Any, preprocess: Any, photos: List[Path], batch: int, in_flight: int,
-                     workers: int) -> Callable[[float], Iterator[np.ndarray]]:
+                     workers: int, frame: Any = None) -> Callable[[float], Iterator[np.ndarray]]:
     """Photo files (cycling) decoded on ``workers`` threads, batched, inferred, top-5 taken."""
     from edgexfer.metrics import topk_indices
     from edgexfer.prefetch import chunked, ordered_prefetch
-    from edgexfer.preprocess import image_to_input
-
-    dtype, layout = runner.input_dtype, runner.input_layout
+    from edgexfer.stages.bench.inputs import file_row
 
     def prepare(path: Path) -> np.ndarray:
-        return image_to_input(preprocess.open(path), preprocess, dtype, layout)
+        return file_row(path, runner, preprocess, frame)
 
     def stream(deadline: float) -> Iterator[np.ndarray]:
         rows = ordered_prefetch(prepare, _until(deadline, itertools.cycle(photos)), workers,
@@ -74,20 +72,24 @@ def measure_throughput(loaded: List[Any], batch: int, pixels: np.ndarray, photos
                        config: Any, rows: List[Dict[str, Any]]) -> None:
     """Add ``throughput``, ``throughput_sequential`` and (with end-to-end on) ``pipelined`` to the
     rows (keyed by index, one per (target, runner) in ``loaded``)."""
-    from edgexfer.stages.bench.inputs import input_batch
+    from edgexfer.stages.bench.inputs import frame_batch, input_batch, target_photos
 
     workers = config.decode_workers or min(4, os.cpu_count() or 1)
     seconds = max(config.min_time_s / config.rounds, 0.2)
     streams: Dict[Any, Callable[[float], Iterator[np.ndarray]]] = {}
     in_flight: Dict[int, int] = {}
     for index, (target, runner) in loaded:
-        array = input_batch(pixels[:batch], runner, target.preprocess)
+        files = target_photos(target, photos)
+        if target.frame is not None:
+            array = frame_batch(files, target.frame, batch)
+        else:
+            array = input_batch(pixels[:batch], runner, target.preprocess)
         in_flight[index] = config.in_flight or runner.default_in_flight()
         streams[(index, "throughput")] = model_stream(runner, array, in_flight[index])
         streams[(index, "throughput_sequential")] = model_stream(runner, array, 1)
         if config.end_to_end:
-            streams[(index, "pipelined")] = pipelined_stream(runner, target.preprocess, photos, batch,
-                                                             in_flight[index], workers)
+            streams[(index, "pipelined")] = pipelined_stream(runner, target.preprocess, files, batch,
+                                                             in_flight[index], workers, target.frame)
     for stream in streams.values():  # warm-up: compile the throughput models, fill the caches
         _timed(stream, min(0.3, seconds))
     samples: Dict[Any, List[Dict[str, float]]] = {key: [] for key in streams}

@@ -3,6 +3,7 @@ and optional INT8 QDQ models per target family, each checked before it is moved 
 
 - :mod:`~edgexfer.stages.export.config`: :class:`ExportConfig` (``edgexfer export``'s options);
 - :mod:`~edgexfer.stages.export.onnx_models`: the float model (parity vs torch) and the uint8 variant;
+- :mod:`~edgexfer.stages.export.frame_models`: the raw-frame variants (``--frame``), float and INT8;
 - :mod:`~edgexfer.stages.export.int8`: the INT8 models (quantization itself lives in :mod:`edgexfer.quant`).
 """
 
@@ -16,6 +17,7 @@ from typing import Any, Dict
 from edgexfer.errors import ArtifactError
 from edgexfer.manifest import Manifest, now_iso
 from edgexfer.stages.export.config import STAGE, ExportConfig
+from edgexfer.stages.export.frame_models import frame_model, int8_frame_models
 from edgexfer.stages.export.int8 import int8_models
 from edgexfer.stages.export.onnx_models import float_model, load_eval_slice, uint8_model
 
@@ -44,6 +46,8 @@ def run_export(config: ExportConfig) -> ExportResult:
         )
     manifest.require("checkpoint")
     torch_model, meta = load_checkpoint(manifest.path_of("checkpoint"))
+    if config.frame_spec is not None:
+        config.frame_spec.check_crop(meta.preprocess)  # before anything is written
     eval_slice = load_eval_slice(config, meta)
     calib, calib_load_seconds = None, 0.0
     if config.int8:  # a missing quantizer or bad calibration input fails before anything is written
@@ -65,12 +69,14 @@ def run_export(config: ExportConfig) -> ExportResult:
     float_metrics = float_model(config, manifest, torch_model, meta, eval_slice, float_path)
     result.paths["onnx"], result.metrics["onnx"] = float_path, float_metrics
     if config.uint8_input:
-        name, path, metrics = uint8_model(config, meta, eval_slice, float_path)
+        make = frame_model if config.frame is not None else uint8_model
+        name, path, metrics = make(config, meta, eval_slice, float_path)
         result.paths[name], result.metrics[name] = path, metrics
     if calib is not None:
-        for name, (path, metrics) in int8_models(
-            config, meta, eval_slice, float_path, calib, calib_load_seconds
-        ).items():
+        int8 = int8_models(config, meta, eval_slice, float_path, calib, calib_load_seconds)
+        if config.frame is not None:
+            int8.update(int8_frame_models(config, meta, eval_slice, {n: p for n, (p, _) in int8.items()}))
+        for name, (path, metrics) in int8.items():
             result.paths[name], result.metrics[name] = path, metrics
     with Manifest.update(config.run_dir) as manifest:
         manifest.record_stage(
@@ -93,5 +99,8 @@ def _headline(metrics: Dict[str, Any]) -> Dict[str, Any]:
         "calib_seconds",
         "quantize_seconds",
         "scored_on",
+        "max_grey_levels",
+        "mean_cosine",
+        "frame",
     )
     return {k: metrics[k] for k in keys if k in metrics}

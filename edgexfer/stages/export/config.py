@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 from edgexfer.backends.trt_compat import TRT8_MAX_OPSET
 from edgexfer.compare import Tolerance
 from edgexfer.errors import ConfigError
+from edgexfer.frames import FRAME_FORMATS, FrameSpec
 from edgexfer.quant.candidates import QUANTIZER_CHOICES
 from edgexfer.quant.ranges import METHOD_CHOICES, METHODS
 from edgexfer.quant.recipes import RECIPES, recipe_for
@@ -29,6 +30,8 @@ class ExportConfig:
     opset: int = DEFAULT_OPSET
     uint8_input: bool = False
     uint8_layout: str = "NHWC"
+    frame: Optional[str] = None
+    frame_format: str = "rgb"
     int8: bool = False
     target: str = "all"
     quantizer: str = "auto"
@@ -70,6 +73,17 @@ class ExportConfig:
         if self.uint8_layout.upper() not in UINT8_LAYOUTS:
             raise ConfigError(f"unknown --uint8-layout '{self.uint8_layout}'; choose nchw or nhwc")
         object.__setattr__(self, "uint8_layout", self.uint8_layout.upper())
+        if self.frame_format.lower() not in FRAME_FORMATS:
+            raise ConfigError(f"unknown --frame-format '{self.frame_format}'; choose rgb or bgr")
+        object.__setattr__(self, "frame_format", self.frame_format.lower())
+        if self.frame is not None:
+            if not self.uint8_input:
+                raise ConfigError(
+                    f"--frame {self.frame} makes a model that takes raw uint8 frames; add --uint8-input"
+                )
+            if self.uint8_layout != "NHWC":
+                raise ConfigError("--frame takes camera frames, which are NHWC; leave --uint8-layout at nhwc")
+            object.__setattr__(self, "frame", self.frame_spec.text)  # validated, normalised "HxW"
         if self.calib_method not in METHOD_CHOICES:
             raise ConfigError(
                 f"unknown --calib-method '{self.calib_method}'; choose one of {', '.join(METHOD_CHOICES)}"
@@ -89,6 +103,11 @@ class ExportConfig:
     def targets(self) -> Tuple[str, ...]:
         """The target families to quantize for."""
         return tuple(RECIPES) if self.target == "all" else (self.target,)
+
+    @property
+    def frame_spec(self) -> Optional[FrameSpec]:
+        """The raw frame of ``--frame`` / ``--frame-format``, or None."""
+        return None if self.frame is None else FrameSpec.parse(self.frame, self.frame_format)
 
     @property
     def methods(self) -> Tuple[str, ...]:

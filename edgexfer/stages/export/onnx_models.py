@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -37,12 +37,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class EvalSlice:
     """The held-out images: float inputs (``to_array``), labels, and uint8 pixels (``to_uint8``) of the
-    first ``parity_images`` of them."""
+    first ``parity_images`` of them (and, for ``--frame``, those images themselves, as loaded)."""
 
     inputs: np.ndarray
     pixels: np.ndarray
     labels: np.ndarray
     source: str
+    images: list = field(default_factory=list)
 
 
 def load_eval_slice(config: ExportConfig, meta: Any) -> EvalSlice:
@@ -69,12 +70,15 @@ def load_eval_slice(config: ExportConfig, meta: Any) -> EvalSlice:
     inputs = np.empty((len(chosen), 3, size, size), np.float32)
     # uint8 pixels only for the parity images of the uint8 variant: a 224x224 slice is big enough in float
     pixels = np.empty((min(len(chosen), config.parity_images), 3, size, size), np.uint8)
+    images = []
     for row, index in enumerate(chosen):
         image = samples.image(int(index))
         inputs[row] = meta.preprocess.to_array(image)
         if row < len(pixels):
             pixels[row] = meta.preprocess.to_uint8(image, "NCHW")
-    return EvalSlice(inputs, pixels, samples.labels[chosen].astype(np.int64), source)
+            if config.frame is not None:
+                images.append(image)
+    return EvalSlice(inputs, pixels, samples.labels[chosen].astype(np.int64), source, images)
 
 
 def export_float(model: Any, meta: Any, path: Path, opset: int) -> Any:
