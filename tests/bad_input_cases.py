@@ -484,7 +484,7 @@ def _export_cases() -> List[Case]:
         Case("export", "quantizer_for_a_target_it_does_not_serve",
              argv("export", run_copy, *int8_cpu, "--quantizer", "nncf", "--calib", imgs(), "--eval-data", imgs()),
              mentions=("--quantizer nncf", "openvino", "not cpu")),
-        Case("export", "quantizer_unknown", argv("export", run_copy, "--int8", "--quantizer", "modelopt"),
+        Case("export", "quantizer_unknown", argv("export", run_copy, "--int8", "--quantizer", "bogus"),
              expect="usage"),
     ]
 

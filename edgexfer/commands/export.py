@@ -103,6 +103,14 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> ExportConfig:
     help="Most layers the guard may keep in float before it gives up (exit 3).",
 )
 @click.option(
+    "--evidence-layers",
+    default=_DEFAULTS["evidence_layers"],
+    show_default=True,
+    type=int,
+    help="INT8 evidence in export/report.md: the layers (lowest SQNR first) whose top-1 drop when kept "
+    "alone in float is measured (0: SQNR and latency share only).",
+)
+@click.option(
     "--eval-data",
     type=click.Path(path_type=Path),
     default=None,

@@ -29,7 +29,9 @@ from edgexfer.errors import BackendUnavailableError, ConfigError, ParityError
 # name -> "module:Class", in tie-break order; modules are imported only when the quantizer is used.
 QUANTIZERS: Dict[str, str] = {
     "edgexfer": "edgexfer.quant.recipe_quantizer:RecipeQuantizer",
+    "edgexfer-bc": "edgexfer.quant.recipe_quantizer:BiasCorrectedRecipeQuantizer",
     "nncf": "edgexfer.quant.nncf_quantizer:NncfQuantizer",
+    "modelopt": "edgexfer.quant.modelopt_quantizer:ModelOptQuantizer",
 }
 AUTO = "auto"
 QUANTIZER_CHOICES: Tuple[str, ...] = (AUTO,) + tuple(QUANTIZERS)
