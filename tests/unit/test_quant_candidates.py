@@ -148,3 +148,23 @@ def test_compete_with_one_named_quantizer_measures_no_latency(monkeypatch, reque
         request = make_request()
         request.max_drop = 1.0
         compete("cpu", "flipped", request)
+
+
+def test_bias_corrected_candidate_shares_the_recipe_latency_and_wins_only_on_accuracy(request_parts):
+    from types import SimpleNamespace
+
+    from edgexfer.quant.selection import compete
+
+    make_request, inputs, _ = request_parts
+    request = make_request()
+    request.calib = SimpleNamespace(arrays=inputs[:64])
+    result = compete("cpu", "auto", request)
+    recorded = result.metrics["candidates"]
+    assert set(recorded) == {"edgexfer", "edgexfer-bc"}
+    # same graph, other bias values: one timing for both, so noise cannot pick between them
+    assert recorded["edgexfer-bc"]["latency_p50_ms"] == recorded["edgexfer"]["latency_p50_ms"] > 0
+    assert recorded["edgexfer-bc"]["same_graph_as"] == "edgexfer"
+    assert recorded["edgexfer-bc"]["bias_correction"]["layers_corrected"] >= 2
+    bc, plain = recorded["edgexfer-bc"], recorded["edgexfer"]
+    better = 100 * (bc["agreement"] - plain["agreement"]) > 0.2 and bc["top1"] - plain["top1"] >= -0.2
+    assert result.winner.quantizer == ("edgexfer-bc" if better else "edgexfer")
