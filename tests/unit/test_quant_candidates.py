@@ -49,7 +49,8 @@ def test_max_drop_rules_candidates_out():
 
 
 def test_quantizer_checks_say_what_to_do(monkeypatch):
-    with pytest.raises(ConfigError, match="unknown --quantizer 'bogus'; choose one of auto, edgexfer, edgexfer-bc, nncf, modelopt"):
+    with pytest.raises(ConfigError,
+                       match="unknown --quantizer 'bogus'; choose one of auto, edgexfer, edgexfer-bc, nncf, modelopt"):
         check_choice("bogus", ["cpu"])
     with pytest.raises(ConfigError, match=r"--quantizer nncf serves --target openvino, not cpu, tensorrt"):
         check_choice("nncf", ["cpu", "tensorrt", "openvino"])
