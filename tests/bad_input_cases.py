@@ -486,6 +486,8 @@ def _export_cases() -> List[Case]:
              mentions=("--quantizer nncf", "openvino", "not cpu")),
         Case("export", "quantizer_unknown", argv("export", run_copy, "--int8", "--quantizer", "bogus"),
              expect="usage"),
+        Case("export", "evidence_layers_negative", argv("export", run_copy, "--int8", "--evidence-layers", "-1"),
+             mentions=("--evidence-layers", ">= 0", "got -1")),
     ]
 
 
