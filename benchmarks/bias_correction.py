@@ -27,6 +27,22 @@ from typing import Any, Dict
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _run_from_checkpoint(run: Path, checkpoint: Path) -> None:
+    """A run directory whose finetune record is ``checkpoint`` (copied), so export takes it."""
+    import shutil
+
+    from edgexfer.manifest import Manifest
+
+    shutil.rmtree(run, ignore_errors=True)
+    target = run / "finetune" / "best.pt"
+    target.parent.mkdir(parents=True)
+    shutil.copy(checkpoint, target)
+    config = {"weights": f"trained elsewhere ({checkpoint})"}
+    with Manifest.update(run, create=True) as manifest:
+        manifest.add_artifact("checkpoint", target, kind="checkpoint", stage="finetune", config=config)
+        manifest.record_stage("finetune", config)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="labelled folder <class>/<image>")
@@ -37,6 +53,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgexfer-bench-bias-correction"))
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--reuse", action="store_true", help="keep an already trained run in --work")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="an edgexfer checkpoint (finetune/best.pt) trained elsewhere: no training here")
+    parser.add_argument("--calib", type=Path, default=None, help="calibration folder [the run's training split]")
+    parser.add_argument("--eval-data", type=Path, default=None, help="held-out folder [the run's val split]")
     args = parser.parse_args()
 
     from edgexfer.hardware import cpu_info, load_average
@@ -47,13 +67,16 @@ def main() -> None:
     run = args.work / args.model
     load_start = load_average()
     started = time.perf_counter()
-    if not (args.reuse and (run / "finetune" / "best.pt").exists()):
+    if args.checkpoint is not None:
+        _run_from_checkpoint(run, args.checkpoint)
+    elif not (args.reuse and (run / "finetune" / "best.pt").exists()):
         run_finetune(FinetuneConfig(out=run, model=args.model, weights="none", data=str(args.data), size=args.size,
                                     epochs=args.epochs, patience=0, seed=0, progress=False))
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     run_export(ExportConfig(run_dir=run, int8=True, target="all", quantizer="auto", calib_method=args.calib_method,
-                            calib_size=512, evidence_layers=4, progress=False))
+                            calib=args.calib, eval_data=args.eval_data, calib_size=512, evidence_layers=4,
+                            progress=False))
     export_seconds = time.perf_counter() - started
     manifest = Manifest.open(run)
     rows: Dict[str, Any] = {}
@@ -74,7 +97,8 @@ def main() -> None:
         }
     report = {
         "machine": platform.node(), "cpu": cpu_info()["model"], "model": args.model, "size": args.size,
-        "epochs": args.epochs, "calib_method": args.calib_method, "data": str(args.data),
+        "epochs": args.epochs, "checkpoint": str(args.checkpoint), "calib": str(args.calib),
+        "eval_data": str(args.eval_data), "calib_method": args.calib_method, "data": str(args.data),
         "load_average": {"start": load_start, "end": load_average()},
         "train_seconds": round(train_seconds, 1), "export_seconds": round(export_seconds, 1), "targets": rows,
     }
