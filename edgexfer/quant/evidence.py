@@ -254,8 +254,10 @@ def collect(competition: Any, request: Any, judge: Any = None, top_k: int = DEFA
 
     started = time.perf_counter()
     backend = get_backend(competition.runtime)
+    # an even stride over the held-out slice, which may be ordered by class
     count = min(SENSITIVITY_IMAGES, len(request.eval_labels))
-    inputs = request.eval_inputs[:count]
+    picked = np.linspace(0, len(request.eval_labels) - 1, count).round().astype(int)
+    inputs = request.eval_inputs[picked]
 
     def logits_of(model: Any) -> np.ndarray:
         if judge is not None:
@@ -267,13 +269,19 @@ def collect(competition: Any, request: Any, judge: Any = None, top_k: int = DEFA
                                    for i in range(0, count, request.batch_size)])
 
     table = layer_table(request.prepared, competition.winner.model, request.work_dir,
-                        request.calib.arrays[:SQNR_IMAGES], logits_of, request.float_logits[:count],
-                        request.eval_labels[:count], top_k)
+                        request.calib.arrays[:SQNR_IMAGES], logits_of, request.float_logits[picked],
+                        request.eval_labels[picked], top_k)
+    # a candidate whose graph is another's (only constants differ) gets that one's timing, as in the choice
+    names = [c.quantizer for c in competition.candidates]
+    timed = [c for c in competition.candidates if c.details.get("same_graph_as") not in names]
     with contextlib.ExitStack() as stack:
         runners = [stack.enter_context(backend.load(request.float_path, {"precision": "fp32"}))]
-        runners += [stack.enter_context(backend.load(c.path, {"precision": "int8"})) for c in competition.candidates]
+        runners += [stack.enter_context(backend.load(c.path, {"precision": "int8"})) for c in timed]
         p50 = interleaved_p50_ms(runners, inputs[:1])
-    latencies = dict(zip(["float"] + [c.quantizer for c in competition.candidates], p50))
+    latencies = dict(zip(["float"] + [c.quantizer for c in timed], p50))
+    for candidate in competition.candidates:
+        if candidate.quantizer not in latencies:
+            latencies[candidate.quantizer] = latencies[candidate.details["same_graph_as"]]
     return {
         "target": competition.winner.target,
         "kept": competition.winner.quantizer,

@@ -169,3 +169,10 @@ def test_bias_corrected_candidate_shares_the_recipe_latency_and_wins_only_on_acc
     bc, plain = recorded["edgexfer-bc"], recorded["edgexfer"]
     better = 100 * (bc["agreement"] - plain["agreement"]) > 0.2 and bc["top1"] - plain["top1"] >= -0.2
     assert result.winner.quantizer == ("edgexfer-bc" if better else "edgexfer")
+
+
+def test_choose_when_agreement_and_top1_name_different_best():
+    # a: best agreement, b: best top-1, neither level with the other on both: agreement decides
+    a, b = _score("a", 80.0, 0.95, 5.0), _score("b", 81.0, 0.93, 4.0)
+    winner, why = choose([b, a])
+    assert winner is a and why.startswith("most accurate")
