@@ -106,7 +106,8 @@ def main() -> None:
         f"# INT8 with and without bias correction: {args.model} {args.size}px, trained from scratch "
         f"{args.epochs} epochs ({report['cpu']}, load average {load_start} -> {report['load_average']['end']})",
         "",
-        f"Calibration: 512 training images, {args.calib_method}. Held-out: the run's validation split. "
+        f"Calibration: up to 512 images from {args.calib or 'the training split'}, {args.calib_method}. Held-out: "
+        f"{args.eval_data or 'the validation split'}. "
         "Both candidates quantized from the same ranges and scored by the same runtime in one export.",
         "",
         "| target | scored on | float top-1 | edgexfer drop | edgexfer-bc drop | agreement (plain / bc) | "

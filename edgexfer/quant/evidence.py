@@ -37,7 +37,7 @@ from edgexfer.quant.graph import Graph
 SENSITIVITY_IMAGES = 200
 SQNR_IMAGES = 32
 PROFILE_RUNS = 20
-DEFAULT_TOP_K = 8
+DEFAULT_TOP_K = 4
 
 
 def keep_layer_float(qdq_model: Any, float_model: Any, node_name: str) -> Any:
@@ -176,7 +176,8 @@ def layer_table(
     onnx.save(qdq_model, os.fspath(qdq_path))
     activations, weights = layer_sqnr(float_path, qdq_path, sqnr_inputs)
     qdq_names = {n.name for n in qdq_model.graph.node}
-    ranked = [(name, db) for name, db in rank_nodes(float_model, activations, weights) if name in qdq_names]
+    # unnamed nodes cannot be told apart in the profile or kept float by name
+    ranked = [(name, db) for name, db in rank_nodes(float_model, activations, weights) if name and name in qdq_names]
     ops = {n.name: n.op_type for n in float_model.graph.node}
     times = node_times_ms(qdq_path, sqnr_inputs[:1])
     per_layer, other, total = latency_shares(times, [name for name, _ in ranked])

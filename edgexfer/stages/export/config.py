@@ -37,7 +37,7 @@ class ExportConfig:
     calib_method: str = "auto"
     max_drop: Optional[float] = None
     max_fallback: int = 16
-    evidence_layers: int = 8
+    evidence_layers: int = 4
     eval_data: Optional[Path] = None
     eval_size: int = 1000
     auto_eval_size: int = 300
