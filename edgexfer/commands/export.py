@@ -66,8 +66,9 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> ExportConfig:
     type=click.Choice(QUANTIZER_CHOICES),
     default=_DEFAULTS["quantizer"],
     show_default=True,
-    help="Who quantizes: edgexfer's recipe, nncf (OpenVINO target; pip install 'edgexfer[nncf]'), or auto: "
-    "every installed one serving the target competes on its runtime (accuracy, then latency).",
+    help="Who quantizes: edgexfer's recipe, edgexfer-bc (the recipe with bias correction), nncf (OpenVINO "
+    "target; pip install 'edgexfer[nncf]'), modelopt (TensorRT target; pip install 'edgexfer[modelopt]'), or "
+    "auto: every installed one serving the target competes on its runtime (accuracy, then latency).",
 )
 @click.option(
     "--calib",
