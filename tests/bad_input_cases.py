@@ -484,7 +484,7 @@ def _export_cases() -> List[Case]:
         Case("export", "quantizer_for_a_target_it_does_not_serve",
              argv("export", run_copy, *int8_cpu, "--quantizer", "nncf", "--calib", imgs(), "--eval-data", imgs()),
              mentions=("--quantizer nncf", "openvino", "not cpu")),
-        Case("export", "quantizer_unknown", argv("export", run_copy, "--int8", "--quantizer", "modelopt"),
+        Case("export", "quantizer_unknown", argv("export", run_copy, "--int8", "--quantizer", "bogus"),
              expect="usage"),
         Case("export", "frame_without_uint8_input", argv("export", run_copy, "--frame", "1080x1920"),
              mentions=("--frame 1080x1920", "--uint8-input")),
@@ -501,6 +501,8 @@ def _export_cases() -> List[Case]:
         Case("export", "frame_with_nchw_layout",
              argv("export", run_copy, "--uint8-input", "--uint8-layout", "nchw", "--frame", "64x64"),
              mentions=("--frame", "nhwc")),
+        Case("export", "evidence_layers_negative", argv("export", run_copy, "--int8", "--evidence-layers", "-1"),
+             mentions=("--evidence-layers", ">= 0", "got -1")),
     ]
 
 

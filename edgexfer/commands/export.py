@@ -80,8 +80,9 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> ExportConfig:
     type=click.Choice(QUANTIZER_CHOICES),
     default=_DEFAULTS["quantizer"],
     show_default=True,
-    help="Who quantizes: edgexfer's recipe, nncf (OpenVINO target; pip install 'edgexfer[nncf]'), or auto: "
-    "every installed one serving the target competes on its runtime (accuracy, then latency).",
+    help="Who quantizes: edgexfer's recipe, edgexfer-bc (the recipe with bias correction), nncf (OpenVINO "
+    "target; pip install 'edgexfer[nncf]'), modelopt (TensorRT target; pip install 'edgexfer[modelopt]'), or "
+    "auto: every installed one serving the target competes on its runtime (accuracy, then latency).",
 )
 @click.option(
     "--calib",
@@ -115,6 +116,14 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> ExportConfig:
     show_default=True,
     type=int,
     help="Most layers the guard may keep in float before it gives up (exit 3).",
+)
+@click.option(
+    "--evidence-layers",
+    default=_DEFAULTS["evidence_layers"],
+    show_default=True,
+    type=int,
+    help="INT8 evidence in export/report.md: the layers (lowest SQNR first) whose top-1 drop when kept "
+    "alone in float is measured (0: SQNR and latency share only).",
 )
 @click.option(
     "--eval-data",

@@ -29,7 +29,9 @@ from edgexfer.errors import BackendUnavailableError, ConfigError, ParityError
 # name -> "module:Class", in tie-break order; modules are imported only when the quantizer is used.
 QUANTIZERS: Dict[str, str] = {
     "edgexfer": "edgexfer.quant.recipe_quantizer:RecipeQuantizer",
+    "edgexfer-bc": "edgexfer.quant.recipe_quantizer:BiasCorrectedRecipeQuantizer",
     "nncf": "edgexfer.quant.nncf_quantizer:NncfQuantizer",
+    "modelopt": "edgexfer.quant.modelopt_quantizer:ModelOptQuantizer",
 }
 AUTO = "auto"
 QUANTIZER_CHOICES: Tuple[str, ...] = (AUTO,) + tuple(QUANTIZERS)
@@ -188,6 +190,8 @@ def choose(scores: Sequence[CandidateScore], max_drop: Optional[float] = None,
         s for s in eligible
         if 100.0 * (best_agreement - s.agreement) <= tie_points + 1e-9 and best_top1 - s.top1 <= tie_points + 1e-9
     ]
+    if not level:  # one is best on agreement, another on top-1, each beyond the tie: agreement first
+        level = [max(eligible, key=lambda s: (s.agreement, s.top1))]
     order = {s.quantizer: i for i, s in enumerate(scores)}
     winner = min(level, key=lambda s: (_latency_key(s), order[s.quantizer]))
     if len(scores) == 1:

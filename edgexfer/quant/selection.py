@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -78,9 +78,22 @@ def score_candidates(
                 )
             )
         if len(candidates) > 1:
-            for score, p50 in zip(scores, interleaved_p50_ms(runners, eval_inputs[:1])):
-                score.latency_ms = p50
+            _measure_latency(candidates, scores, runners, eval_inputs[:1])
     return scores
+
+
+def _measure_latency(candidates: Sequence[CandidateModel], scores: Sequence[CandidateScore], runners: Sequence,
+                     batch: np.ndarray) -> None:
+    """Each distinct graph's p50; a candidate whose graph is another's (``details["same_graph_as"]``: only
+    constants differ, e.g. corrected biases) gets that one's, so timing noise cannot tell them apart."""
+    names = [c.quantizer for c in candidates]
+    twin = {i: names.index(c.details["same_graph_as"]) for i, c in enumerate(candidates)
+            if c.details.get("same_graph_as") in names}
+    timed = [i for i in range(len(candidates)) if i not in twin]
+    for index, p50 in zip(timed, interleaved_p50_ms([runners[i] for i in timed], batch)):
+        scores[index].latency_ms = p50
+    for index, source in twin.items():
+        scores[index].latency_ms = scores[source].latency_ms
 
 
 def _scored_already(candidate: CandidateModel, judge: Any, images: int) -> Any:
@@ -120,6 +133,9 @@ class Competition:
     score: CandidateScore
     reason: str
     metrics: Dict[str, Any]
+    candidates: List[CandidateModel] = field(default_factory=list)
+    scores: List[CandidateScore] = field(default_factory=list)
+    runtime: str = "onnxruntime"
 
 
 def compete(target: str, choice: str, request: QuantizeRequest) -> Competition:
@@ -171,7 +187,7 @@ def compete(target: str, choice: str, request: QuantizeRequest) -> Competition:
         selection={"tie_points": ACCURACY_TIE_POINTS, "rule": "agreement and top-1 within tie_points of the best, "
                    "then lowest p50 latency, then quantizer order"},
     )
-    return Competition(winner, best, reason, metrics)
+    return Competition(winner, best, reason, metrics, list(candidates), list(scores), recipe.runtime)
 
 
 def _scoring(judge: Any, runtime: str) -> Dict[str, Any]:
@@ -186,5 +202,5 @@ def _scoring(judge: Any, runtime: str) -> Dict[str, Any]:
 
 def _summary(candidate: CandidateModel) -> Dict[str, Any]:
     """What the manifest keeps of a candidate besides its scores."""
-    keys = ("calib_method", "quantize_seconds", "settings", "same_model_as")
+    keys = ("calib_method", "quantize_seconds", "settings", "same_model_as", "same_graph_as", "bias_correction")
     return dict({k: candidate.details[k] for k in keys if k in candidate.details}, excluded_nodes=candidate.excluded)

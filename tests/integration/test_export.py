@@ -70,6 +70,20 @@ def test_cli_export_int8_cpu(cli_runner, random_run_data, tmp_path):
     assert rules.check_rules(model, rules.QdqRules.cpu()) == [] and qdq_audit.cpu_problems(model) == []
     assert manifest.stage("export")["status"] == "done"
     assert not manifest.has("onnx_int8_tensorrt") and _leftovers(run) == []
+    # the evidence: per-layer table and Pareto plot of every candidate, next to the report
+    files = int8.metrics["evidence"]
+    assert {files["json"], files["report"], files["pareto_png"]} <= {p.name for p in (run / "export").iterdir()}
+    evidence = json.loads((run / "export" / files["json"]).read_text())
+    table = evidence["table"]
+    assert table["quantized_layers"] == len(table["layers"]) >= 2 and table["top_k"] == min(4, len(table["layers"]))
+    sqnr = [row["sqnr_db"] for row in table["layers"]]
+    assert sqnr == sorted(sqnr) and all("drop_if_float" in row for row in table["layers"][: table["top_k"]])
+    assert 0 < sum(row["latency_share"] for row in table["layers"]) <= 1.0001
+    names = [p["name"] for p in evidence["pareto"]]
+    assert names[0] == "float" and set(names[1:]) == set(int8.metrics["candidates"])
+    assert [p["name"] for p in evidence["pareto"] if p["kept"]] == [int8.metrics["quantizer"]]
+    report = (run / "export" / "report.md").read_text()
+    assert f"`{table['layers'][0]['layer']}`" in report and "pareto_cpu.png" in report
 
 
 def test_cli_bad_inputs_are_one_line(cli_runner, random_run_data, tmp_path):

@@ -246,7 +246,7 @@ def test_export_config_validation(tmp_path):
         {"parity_atol": -1.0},
         {"parity_rtol": float("nan")},
         {"max_fallback": -1},
-        {"quantizer": "modelopt"},
+        {"quantizer": "bogus"},
     ):
         with pytest.raises(ConfigError):
             ExportConfig(run_dir=Path(tmp_path), **bad)

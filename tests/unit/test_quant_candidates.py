@@ -49,8 +49,9 @@ def test_max_drop_rules_candidates_out():
 
 
 def test_quantizer_checks_say_what_to_do(monkeypatch):
-    with pytest.raises(ConfigError, match="unknown --quantizer 'modelopt'; choose one of auto, edgexfer, nncf"):
-        check_choice("modelopt", ["cpu"])
+    with pytest.raises(ConfigError,
+                       match="unknown --quantizer 'bogus'; choose one of auto, edgexfer, edgexfer-bc, nncf, modelopt"):
+        check_choice("bogus", ["cpu"])
     with pytest.raises(ConfigError, match=r"--quantizer nncf serves --target openvino, not cpu, tensorrt"):
         check_choice("nncf", ["cpu", "tensorrt", "openvino"])
     check_choice("edgexfer", ["cpu", "tensorrt", "openvino"])
@@ -148,3 +149,30 @@ def test_compete_with_one_named_quantizer_measures_no_latency(monkeypatch, reque
         request = make_request()
         request.max_drop = 1.0
         compete("cpu", "flipped", request)
+
+
+def test_bias_corrected_candidate_shares_the_recipe_latency_and_wins_only_on_accuracy(request_parts):
+    from types import SimpleNamespace
+
+    from edgexfer.quant.selection import compete
+
+    make_request, inputs, _ = request_parts
+    request = make_request()
+    request.calib = SimpleNamespace(arrays=inputs[:64])
+    result = compete("cpu", "auto", request)
+    recorded = result.metrics["candidates"]
+    assert set(recorded) == {"edgexfer", "edgexfer-bc"}
+    # same graph, other bias values: one timing for both, so noise cannot pick between them
+    assert recorded["edgexfer-bc"]["latency_p50_ms"] == recorded["edgexfer"]["latency_p50_ms"] > 0
+    assert recorded["edgexfer-bc"]["same_graph_as"] == "edgexfer"
+    assert recorded["edgexfer-bc"]["bias_correction"]["layers_corrected"] >= 2
+    bc, plain = recorded["edgexfer-bc"], recorded["edgexfer"]
+    better = 100 * (bc["agreement"] - plain["agreement"]) > 0.2 and bc["top1"] - plain["top1"] >= -0.2
+    assert result.winner.quantizer == ("edgexfer-bc" if better else "edgexfer")
+
+
+def test_choose_when_agreement_and_top1_name_different_best():
+    # a: best agreement, b: best top-1, neither level with the other on both: agreement decides
+    a, b = _score("a", 80.0, 0.95, 5.0), _score("b", 81.0, 0.93, 4.0)
+    winner, why = choose([b, a])
+    assert winner is a and why.startswith("most accurate")

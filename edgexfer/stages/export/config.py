@@ -40,6 +40,7 @@ class ExportConfig:
     calib_method: str = "auto"
     max_drop: Optional[float] = None
     max_fallback: int = 16
+    evidence_layers: int = 4
     eval_data: Optional[Path] = None
     eval_size: int = 1000
     auto_eval_size: int = 300
@@ -93,6 +94,8 @@ class ExportConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_drop is not None and self.max_drop < 0:
             raise ConfigError(f"--max-drop must be >= 0 top-1 points, got {self.max_drop}")
+        if self.evidence_layers < 0:
+            raise ConfigError(f"--evidence-layers must be >= 0 layers, got {self.evidence_layers}")
         if self.max_fallback < 0:
             raise ConfigError(f"--max-fallback must be >= 0 layers, got {self.max_fallback}")
         for name in ("parity_atol", "parity_rtol"):

@@ -20,12 +20,14 @@ from typing import Any, Dict, List, Tuple
 from edgexfer.backends.int8_judge import judge_for_target
 from edgexfer.backends.onnxruntime import session_logits
 from edgexfer.errors import BackendUnavailableError
+from edgexfer.evidence_report import write_evidence
 from edgexfer.fsutil import atomic_path
 from edgexfer.manifest import Manifest
 from edgexfer.onnxmeta import OnnxMeta, set_metadata
 from edgexfer.quant.cache import RangeCache, default_cache_dir, ranges_for
 from edgexfer.quant.calibration import CalibrationSet
 from edgexfer.quant.candidates import QuantizeRequest
+from edgexfer.quant.evidence import collect as collect_evidence
 from edgexfer.quant.guard import QuantizeJob
 from edgexfer.quant.ort_quantize import prepare_for_quantization
 from edgexfer.quant.recipes import recipe_for
@@ -83,6 +85,7 @@ def int8_models(
     }
     targets, skipped = int8_targets(config)
     written: Dict[str, Tuple[Path, Dict[str, Any]]] = {}
+    evidences: Dict[str, Dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix=".int8-work-", dir=os.fspath(out_dir)) as work:
         prepared = prepare_for_quantization(float_path, Path(work) / "prepared.onnx")
         float_logits = session_logits(float_path, eval_slice.inputs, config.batch_size)
@@ -143,7 +146,16 @@ def int8_models(
                 request.judge = judge
                 competition = compete(target, config.quantizer, request)
                 request.judge = None
-            metrics = dict(competition.metrics, **calib_metrics, targets_skipped=skipped)
+                # the evidence is scored the way the candidates were (compete passes the judge alike)
+                evidences[target] = collect_evidence(
+                    competition, request, judge if competition.runtime == "onnxruntime" else None,
+                    config.evidence_layers,
+                )
+            files = write_evidence(out_dir, evidences)[target]
+            log.info("INT8 %s: evidence in %s (%.1f s)", target, out_dir / files["report"],
+                     evidences[target]["seconds"])
+            metrics = dict(competition.metrics, **calib_metrics, targets_skipped=skipped,
+                           evidence=dict(files, seconds=evidences[target]["seconds"]))
             written[f"onnx_int8_{target}"] = (_write_int8(config, meta, competition, metrics), metrics)
     return written
 
@@ -180,7 +192,7 @@ def _write_int8(config: ExportConfig, meta: Any, competition: Competition, metri
                 "target": target,
                 "quantizer": winner.quantizer,
                 "quantizer_choice": config.quantizer,
-                "recipe": recipe_for(target).to_dict() if winner.quantizer == "edgexfer" else None,
+                "recipe": winner.details.get("recipe"),
                 "quantizer_settings": winner.details.get("settings"),
                 "calib_method": config.calib_method,
                 "calib_size": config.calib_size,
