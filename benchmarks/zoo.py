@@ -107,7 +107,7 @@ def _step(row: Dict[str, Any], key: str, name: str, args: Sequence[str]) -> Opti
 
 
 def run_family(model: str, data: Path, work: Path, size: int = 32, epochs: int = 1,
-               builds: Sequence[tuple] = BUILDS, verify_limit: int = 120) -> Dict[str, Any]:
+               builds: Sequence[tuple] = BUILDS, verify_limit: int = 60) -> Dict[str, Any]:
     """One family through finetune -> export (float + INT8 for every target) -> builds -> verify."""
     from edgexfer.manifest import Manifest
 
@@ -117,12 +117,12 @@ def run_family(model: str, data: Path, work: Path, size: int = 32, epochs: int =
                            "built": {}, "verify": {}}
     result = _step(row, "finetune", "finetune", [
         "--model", model, "--weights", "none", "--data", data, "--size", size, "--epochs", epochs,
-        "--batch-size", 16, "--optimizer", "adamw", "--lr", 0.002, "--warmup-epochs", 0, "--precise-bn", 128,
+        "--batch-size", 16, "--optimizer", "adamw", "--lr", 0.002, "--warmup-epochs", 0, "--precise-bn", 64,
         "--workers", 0, "--out", run_dir])
     if result is None:
         return row
     row["val_top1"] = round(100 * result.best_val_top1, 2)
-    export_args = ["--int8", "--target", "all", "--calib-size", 128, "--calib-method", "minmax",
+    export_args = ["--int8", "--target", "all", "--calib-size", 64, "--calib-method", "minmax",
                    "--eval-size", verify_limit, run_dir]
     if _step(row, "export", "export", export_args) is None:
         # the float model may still have been written before an INT8 step failed
@@ -163,8 +163,10 @@ def run_family(model: str, data: Path, work: Path, size: int = 32, epochs: int =
 
 
 def run_zoo(families: Sequence[str], work: Path, size: int = 32, epochs: int = 1,
-            train_per_class: int = 100, val_per_class: int = 40, log: Any = print) -> List[Dict[str, Any]]:
-    """Every family in turn; a family that fails at any step is recorded and the next one runs."""
+            train_per_class: int = 100, val_per_class: int = 40, log: Any = print,
+            after_each: Any = None) -> List[Dict[str, Any]]:
+    """Every family in turn; a family that fails at any step is recorded and the next one runs.
+    ``after_each(rows)`` is called after every family (the command line rewrites its outputs then)."""
     data = make_dataset(work / "data", train_per_class=train_per_class, val_per_class=val_per_class)
     rows = []
     for model in families:
@@ -177,6 +179,8 @@ def run_zoo(families: Sequence[str], work: Path, size: int = 32, epochs: int = 1
         row["total_seconds"] = round(time.perf_counter() - begin, 1)
         log(f"{model}: {row['total_seconds']} s, errors: {row['errors'] or 'none'}")
         rows.append(row)
+        if after_each is not None:
+            after_each(rows)
     return rows
 
 
@@ -186,8 +190,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--families", nargs="+", default=FAMILIES)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--train-per-class", type=int, default=100)
-    parser.add_argument("--val-per-class", type=int, default=40)
+    parser.add_argument("--train-per-class", type=int, default=50)
+    parser.add_argument("--val-per-class", type=int, default=20)
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgexfer-zoo"))
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "models.md")
     parser.add_argument("--cpu-note", default="")
@@ -196,13 +200,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     begin = time.perf_counter()
-    rows = run_zoo(args.families, args.work, args.size, args.epochs, args.train_per_class, args.val_per_class)
-    settings = {"size": args.size, "epochs": args.epochs, "train_per_class": args.train_per_class,
-                "val_per_class": args.val_per_class, "classes": len(DEFAULT_CLASSES),
-                "wall_seconds": round(time.perf_counter() - begin), "cpu_note": args.cpu_note}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
-    write_report(rows, settings, args.out)
+
+    def write(rows: List[Dict[str, Any]]) -> None:  # after every family, so a long run's progress is readable
+        settings = {"size": args.size, "epochs": args.epochs, "train_per_class": args.train_per_class,
+                    "val_per_class": args.val_per_class, "classes": len(DEFAULT_CLASSES),
+                    "wall_seconds": round(time.perf_counter() - begin), "cpu_note": args.cpu_note,
+                    "families_done": f"{len(rows)} of {len(args.families)}"}
+        args.out.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
+        write_report(rows, settings, args.out)
+
+    run_zoo(args.families, args.work, args.size, args.epochs, args.train_per_class, args.val_per_class,
+            after_each=write)
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
     return 0
 

@@ -56,10 +56,11 @@ def write_report(rows: List[Dict[str, Any]], settings: Dict[str, Any], path: Pat
         f"({settings['train_per_class']} training and {settings['val_per_class']} validation images per class), "
         "exported to ONNX (timm families with a deploy-time form are reparameterized first), quantized to INT8 "
         "for every target (`export --int8 --target all`), built for ONNX Runtime fp32/int8 and OpenVINO int8, "
-        "and verified against the torch model (`verify --limit 120`). Every step is the real command.",
+        "and verified against the torch model (`verify` on all validation images). Every step is the real command.",
         "",
         f"Machine: {settings.get('cpu_note') or platform.processor() or platform.machine()}; "
-        f"whole run {settings.get('wall_seconds', '?')} s. Latency is batch 1, p50, on a CPU shared with other jobs: "
+        f"{settings.get('families_done', 'all')} families, {settings.get('wall_seconds', '?')} s. "
+        "Latency is batch 1, p50, on a CPU shared with other jobs: "
         "read it as an order of magnitude. Agreement is top-1 agreement with the torch float model; "
         "after one epoch from scratch the models are weak, so a low INT8 agreement says more about flat logits "
         "than about the family (the status column is verify's verdict, INCONCLUSIVE when the float model is not "

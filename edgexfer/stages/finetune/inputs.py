@@ -90,15 +90,15 @@ def load_weights(model: Any, weights: str, arch: str) -> Tuple[str, Dict[str, An
         )
     from edgexfer.timm_models import is_timm_name, pretrained_state_dict
 
-    if is_timm_name(arch) and path.suffix == ".safetensors":  # timm's hub format: timm's loader reads it
-        state, meta = pretrained_state_dict(arch, file=path.resolve())
-        load_backbone_weights(model, state, str(path))
-        return f"{meta['source']}#sha256={sha256_file(path)[:16]}", meta
-    payload = read_checkpoint_file(path)
+    # a timm model's own weights file (hub .safetensors, a timm .pth) goes through timm's loader and its
+    # checkpoint filters; only an edgexfer checkpoint (a run's best.pt) is read here
+    payload = None if path.suffix == ".safetensors" else read_checkpoint_file(path)
     if is_timm_name(arch) and not is_edgexfer_checkpoint(payload):
-        state, meta = pretrained_state_dict(arch, file=path.resolve())  # timm's checkpoint filter adapts it
+        state, timm_meta = pretrained_state_dict(arch, file=path.resolve())
         load_backbone_weights(model, state, str(path))
-        return f"{meta['source']}#sha256={sha256_file(path)[:16]}", meta
+        return f"{timm_meta['source']}#sha256={sha256_file(path)[:16]}", timm_meta
+    if payload is None:
+        payload = read_checkpoint_file(path)
     meta: Dict[str, Any] = {}
     source = f"file:{path.resolve()}#sha256={sha256_file(path)[:16]}"
     if is_edgexfer_checkpoint(payload):
