@@ -184,6 +184,19 @@ def run_zoo(families: Sequence[str], work: Path, size: int = 32, epochs: int = 1
     return rows
 
 
+def merge(sources: Sequence[Path], out: Path) -> int:
+    """One report from several zoo runs (e.g. two halves run side by side): rows in order, wall times summed."""
+    loaded = [json.loads(Path(source).read_text()) for source in sources]
+    rows = [row for data in loaded for row in data["rows"]]
+    settings = dict(loaded[0]["settings"])
+    settings["wall_seconds"] = sum(data["settings"]["wall_seconds"] for data in loaded)
+    settings["families_done"] = f"{len(rows)} (from {len(loaded)} runs)"
+    out.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
+    write_report(rows, settings, out)
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: families, sizes, where to write the Markdown (and JSON next to it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -195,7 +208,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgexfer-zoo"))
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "models.md")
     parser.add_argument("--cpu-note", default="")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None,
+                        help="Only write --out from these earlier runs' JSON files (rows in the order given).")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     import logging
 
     logging.basicConfig(level=logging.WARNING)

@@ -22,6 +22,18 @@ def _num(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _quantized_cell(quant_key: Any, quantized: Any, exported: Any) -> str:
+    """yes/no, with the export stage's own INT8-vs-float agreement on the held-out images where it has one."""
+    if quant_key is None:
+        return "n/a"
+    if not exported:
+        return "-"
+    if quantized is None:
+        return "no"
+    agreement = quantized.get("agreement")
+    return "yes" if agreement is None else f"yes ({100 * agreement:.0f}% agree)"
+
+
 def target_rows(row: Dict[str, Any]) -> List[List[str]]:
     """One table row per target of one family."""
     out = []
@@ -37,7 +49,7 @@ def target_rows(row: Dict[str, Any]) -> List[List[str]]:
             failure = f"verify: {verify['error']}"
         out.append([
             row["model"], column, _mark(row.get("exported")),
-            ("n/a" if quant_key is None else _mark(quantized is not None if row.get("exported") else None)),
+            _quantized_cell(quant_key, quantized, row.get("exported")),
             "n/a (no GPU here)" if built_key is None else _mark(row.get("built", {}).get(built_key)),
             _num(verify.get("agreement_pct"), 1), _num(verify.get("p50_ms")), verify.get("status") or "-",
             failure.replace("|", "/"),
@@ -78,7 +90,8 @@ def write_report(rows: List[Dict[str, Any]], settings: Dict[str, Any], path: Pat
         lines.append(f"| {row['model']} | {_num(row.get('val_top1'))} | {reparam} | "
                      f"{_num(row.get('export_max_abs_diff'), 6)} | {row.get('total_seconds', '-')} |")
     lines += ["", "## Per family and target", "",
-              "| model | target | exported | quantized | built | agreement % | p50 ms | verify | what failed and why |",
+              "| model | target | exported | quantized (export's INT8 vs float) | built | agreement % | p50 ms "
+              "| verify | what failed and why |",
               "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         for cells in target_rows(row):
