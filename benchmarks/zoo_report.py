@@ -96,6 +96,16 @@ def write_report(rows: List[Dict[str, Any]], settings: Dict[str, Any], path: Pat
     for row in rows:
         for cells in target_rows(row):
             lines.append("| " + " | ".join(cells) + " |")
+    from edgexfer.model_limits import LIMITS
+
+    lines += ["", "## Known limits checked at `finetune` (edgexfer/model_limits.py)", "",
+              "A family listed here says so when `edgexfer finetune` starts, before any training: a blocking "
+              "limit stops it (exit 2), a per-target one is a warning recorded in `metrics.json` and the manifest.",
+              "", "| models | stage | blocking | reason |", "|---|---|---|---|"]
+    lines += [f"| `{limit.pattern}` | {limit.stage} | {'yes' if limit.blocking else 'no (warning)'} | "
+              f"{limit.reason} |" for limit in LIMITS]
+    lines += ["", "Reproduce: `make zoo` (all families, about an hour on 2 cores), or "
+              "`python benchmarks/zoo.py --families timm/repvgg_a0 resnet18 --out /tmp/zoo.md`."]
     failures = [(row["model"], key, message) for row in rows for key, message in row.get("errors", {}).items()]
     lines += ["", "## Every failure, as the command said it", ""]
     lines += [f"- `{model}` {key}: {message}" for model, key, message in failures] or ["- none"]

@@ -47,8 +47,12 @@ def _timm() -> Any:
 def check_timm_name(name: str) -> str:
     """Return ``name`` if timm knows the architecture, else a ModelError naming close ones and how to list."""
     timm = _timm()
-    base = timm_name(name).split(".")[0]
+    base, _, tag = timm_name(name).partition(".")
     if base and timm.is_model(base):
+        tags = timm.list_pretrained(f"{base}.*")
+        if tag and f"{base}.{tag}" not in tags:
+            raise ModelError(f"timm model {base} has no weights tag '{tag}'; its tags: "
+                             f"{', '.join(PREFIX + t for t in tags) or 'none'}")
         return name
     known = timm.list_models()
     close = difflib.get_close_matches(base.lower(), known, n=5, cutoff=0.6)

@@ -30,6 +30,8 @@ def test_unknown_timm_name_is_one_line_with_close_names_and_how_to_list():
     assert "unknown timm model 'timm/repvgg_a9'" in message
     assert "timm/repvgg_a0" in message  # a close name, with the prefix the user must type
     assert "timm.list_models(" in message
+    with pytest.raises(ModelError, match=r"no weights tag 'nonsense'; its tags: timm/resnet18\.a1_in1k"):
+        models.check_model_name("timm/resnet18.nonsense")
 
 
 def test_without_timm_the_line_names_the_extra(monkeypatch):
