@@ -191,6 +191,8 @@ def merge(sources: Sequence[Path], out: Path) -> int:
     settings = dict(loaded[0]["settings"])
     settings["wall_seconds"] = sum(data["settings"]["wall_seconds"] for data in loaded)
     settings["families_done"] = f"{len(rows)} (from {len(loaded)} runs)"
+    done = {row["model"] for row in rows}
+    settings["not_run"] = [family for family in FAMILIES if family not in done]
     out.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
     write_report(rows, settings, out)
     print(f"wrote {out} and {out.with_suffix('.json')}")
