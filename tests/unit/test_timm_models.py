@@ -143,6 +143,7 @@ def test_blocking_limit_stops_finetune_before_training(tmp_path):
     FinetuneConfig(out=tmp_path / "s", model="swin_t", weights="none", size=32)
 
 
+@pytest.mark.slow  # a RepVGG-A0 export with its two parity checks: 10-40 s on 2 shared cores
 def test_export_reparameterizes_and_records_it(tmp_path):
     import onnx
     import torch
