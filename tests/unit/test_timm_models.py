@@ -178,3 +178,12 @@ def test_torchvision_export_is_not_reparameterized(random_run, image_folder):
                             progress=False))
     metrics = Manifest.open(random_run).get("onnx").metrics
     assert metrics["reparameterized"] is False and "reparam_max_abs_diff" not in metrics
+
+
+def test_export_line_says_the_model_was_reparameterized():
+    from edgexfer.commands.export import _detail
+
+    line = _detail({"max_abs_diff": 1e-4, "top1_agreement": 1.0, "reparameterized": True,
+                    "reparam_max_abs_diff": 2e-3})
+    assert line.endswith("reparameterized, max abs diff 2.00e-03 vs the trained form")
+    assert "reparameterized" not in _detail({"max_abs_diff": 1e-4, "top1_agreement": 1.0, "reparameterized": False})
