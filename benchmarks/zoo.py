@@ -187,7 +187,10 @@ def run_zoo(families: Sequence[str], work: Path, size: int = 32, epochs: int = 1
 def merge(sources: Sequence[Path], out: Path) -> int:
     """One report from several zoo runs (e.g. two halves run side by side): rows in order, wall times summed."""
     loaded = [json.loads(Path(source).read_text()) for source in sources]
-    rows = [row for data in loaded for row in data["rows"]]
+    rows: List[Dict[str, Any]] = []
+    for row in (row for data in loaded for row in data["rows"]):  # a family run twice: the first run counts
+        if row["model"] not in {seen["model"] for seen in rows}:
+            rows.append(row)
     settings = dict(loaded[0]["settings"])
     settings["wall_seconds"] = sum(data["settings"]["wall_seconds"] for data in loaded)
     settings["families_done"] = f"{len(rows)} (from {len(loaded)} runs)"
