@@ -1,12 +1,13 @@
 # edgexfer: the commands the README gives. `make demo` and `make test` set up on their own.
 PYTHON ?= python3
 VENV ?= .venv
-# train: torch + torchvision (finetune, export); without it the venv is the torch-free device runtime
-EXTRAS ?= train,dev,openvino
+# train: torch + torchvision (finetune, export); without it the venv is the torch-free device runtime;
+# timm: the timm model source (--model timm/<name>), which the zoo and its tests use
+EXTRAS ?= train,dev,openvino,timm
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgexfer-installed
 
-.PHONY: setup test test-fast demo bench lint clean gpu-check
+.PHONY: setup test test-fast demo bench zoo lint clean gpu-check
 
 setup: $(STAMP)
 
@@ -33,6 +34,11 @@ demo: setup
 
 bench: setup
 	$(VENV)/bin/edgexfer bench
+
+# The model matrix: every supported family through finetune, export, INT8, builds and verify; writes
+# docs/models.md (+ .json). About an hour on a 2-core CPU.
+zoo: setup
+	nice -n 10 $(PY) benchmarks/zoo.py --out docs/models.md
 
 # Run first on any machine with an NVIDIA GPU: sets up its own venv (edgexfer[tensorrt] + Polygraphy), builds,
 # verifies and times TensorRT engines, writes benchmarks/results/<gpu>.md/.json. Without a GPU: one line, exit 0.

@@ -1,4 +1,9 @@
-"""torchvision classification models by name, with the head replaced correctly for every family.
+"""Classification models by name, with the head replaced correctly for every family: the model registry.
+
+Two sources: torchvision (``resnet18``) and timm (``timm/repvgg_a0``, :mod:`edgexfer.timm_models`, the
+``timm`` extra). Every function here dispatches on the name or the model, so the stages never ask which
+source a model came from: building, head replacement, ImageNet weights, the preprocessing the weights
+expect and the deploy-time form (timm's reparameterization) all go through this module.
 
 Head replacement reads the input width from the model itself (ResNet-18's ``fc`` takes 512 features,
 not the 500 some tutorials write), so it works for every family: ``fc`` (ResNet, ResNeXt, RegNet,
@@ -35,7 +40,11 @@ def list_models() -> List[str]:
 
 
 def check_model_name(name: str) -> str:
-    """Return ``name`` if known, else raise a ConfigError naming the closest known models."""
+    """Return ``name`` if known, else raise a ConfigError (ModelError for ``timm/``) naming close ones."""
+    from edgexfer.timm_models import check_timm_name, is_timm_name
+
+    if is_timm_name(name):
+        return check_timm_name(name)
     names = list_models()
     if name in names:
         return name
@@ -49,6 +58,11 @@ def find_head(model: Any) -> Tuple[str, Any]:
     """Return (dotted attribute path, module) of the final classification layer."""
     import torch.nn as nn
 
+    if _is_timm_model(model):
+        from edgexfer.timm_models import head_path
+
+        path = head_path(model)
+        return path, model.get_submodule(path)
     candidates = []
     for attr in ("fc", "classifier", "head", "heads"):
         module = getattr(model, attr, None)
@@ -91,6 +105,10 @@ def replace_head(model: Any, num_classes: int) -> str:
 
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if _is_timm_model(model):
+        from edgexfer.timm_models import replace_head as timm_replace_head
+
+        return timm_replace_head(model, num_classes)
     path, old = find_head(model)
     if isinstance(old, nn.Linear):
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
@@ -124,6 +142,10 @@ def load_imagenet_state_dict(arch: str) -> Tuple[Dict[str, Any], Dict[str, Any]]
 
     Offline, this fails with a line that says which file to fetch and where to put it.
     """
+    from edgexfer.timm_models import is_timm_name, pretrained_state_dict
+
+    if is_timm_name(arch):
+        return pretrained_state_dict(arch)
     import torch.hub
 
     weights = imagenet_weights(arch)
@@ -141,8 +163,37 @@ def load_imagenet_state_dict(arch: str) -> Tuple[Dict[str, Any], Dict[str, Any]]
     return state, meta
 
 
+def _is_timm_model(model: Any) -> bool:
+    """A model built by timm (it has timm's head API and timm's pretrained_cfg)."""
+    return hasattr(model, "pretrained_cfg") and hasattr(model, "reset_classifier") and hasattr(
+        model, "get_classifier")
+
+
+def model_preprocess(arch: str) -> Dict[str, Any]:
+    """The preprocessing the architecture itself declares (timm's data config), or {} (torchvision's
+    come with its weights, see :func:`load_imagenet_state_dict`)."""
+    from edgexfer.timm_models import is_timm_name, preprocess_meta
+
+    return preprocess_meta(arch) if is_timm_name(arch) else {}
+
+
+def deploy_form(model: Any) -> Tuple[Any, bool]:
+    """(the model to export, whether it was reparameterized): timm families with a deploy-time form
+    (RepVGG, MobileOne, FastViT) get a reparameterized copy; every other model is returned as is."""
+    if _is_timm_model(model):
+        from edgexfer.timm_models import deploy_form as timm_deploy_form, has_deploy_form
+
+        if has_deploy_form(model):
+            return timm_deploy_form(model), True
+    return model, False
+
+
 def build_model(arch: str, num_classes: int) -> Any:
-    """A freshly initialised torchvision ``arch`` with a ``num_classes`` head (no weights loaded)."""
+    """A freshly initialised ``arch`` (torchvision, or ``timm/<name>``) with a ``num_classes`` head."""
+    from edgexfer.timm_models import create, is_timm_name
+
+    if is_timm_name(arch):
+        return create(arch, num_classes)
     import torchvision
 
     check_model_name(arch)
@@ -200,6 +251,8 @@ _BLOCK_CONTAINERS = (
     ("features",),                                    # MobileNet, EfficientNet, ConvNeXt, VGG, DenseNet, ...
     ("layers",),                                      # MNASNet
     ("encoder",),                                     # ViT
+    ("stages",),                                      # timm: RepVGG, MobileOne, FastViT, ConvNeXt, ...
+    ("blocks",),                                      # timm: EfficientNet, MobileNetV3/V4
 )
 
 

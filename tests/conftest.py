@@ -12,6 +12,9 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Keep tests deterministic and polite on 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Tests never download weights (timm's hub loading would on a machine with network): the offline messages
+# are what the bad-input cases check.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 200)}
 

@@ -212,7 +212,10 @@ def _detail(metrics: Dict[str, Any]) -> str:
         )
     return (
         f"max abs diff {metrics['max_abs_diff']:.2e}, top-1 agreement "
-        f"{metrics['top1_agreement']:.4f}" + (" (up to date)" if metrics.get("reused") else "")
+        f"{metrics['top1_agreement']:.4f}"
+        + (f"; reparameterized, max abs diff {metrics['reparam_max_abs_diff']:.2e} vs the trained form"
+           if metrics.get("reparameterized") else "")
+        + (" (up to date)" if metrics.get("reused") else "")
     )
 
 

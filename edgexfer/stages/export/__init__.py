@@ -89,6 +89,8 @@ def _headline(metrics: Dict[str, Any]) -> Dict[str, Any]:
     """The few metrics of an artifact that the stage record repeats."""
     keys = (
         "max_abs_diff",
+        "reparameterized",
+        "reparam_max_abs_diff",
         "top1_agreement",
         "float_top1",
         "int8_top1",

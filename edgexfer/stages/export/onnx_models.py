@@ -160,16 +160,34 @@ def torch_logits(model: Any, inputs: np.ndarray, batch_size: int) -> np.ndarray:
 def float_model(
     config: ExportConfig, manifest: Manifest, torch_model: Any, meta: Any, eval_slice: EvalSlice, path: Path
 ) -> Dict[str, Any]:
-    """Export (or reuse, when the recorded one is fresh and made with these options) the float model."""
-    recipe = {"opset": config.opset, "exporter": "torchscript", "input": "input", "output": "logits"}
+    """Export (or reuse, when the recorded one is fresh and made with these options) the float model.
+
+    A model with a deploy-time form (timm's RepVGG, MobileOne, FastViT) is reparameterized first
+    (:func:`edgexfer.models.deploy_form`); that form is what is exported and what the ONNX model is
+    compared with, and the reparameterized model is itself checked against the trained (train-form) one
+    on the same images: both differences are gated by ``parity_tolerance`` and recorded.
+    """
+    from edgexfer.models import deploy_form
+
+    deploy_model, reparameterized = deploy_form(torch_model)
+    recipe = {"opset": config.opset, "exporter": "torchscript", "input": "input", "output": "logits",
+              "deploy_form": "reparameterized" if reparameterized else "as trained"}
     if manifest.has("onnx") and manifest.is_fresh("onnx") and manifest.get("onnx").config == recipe:
         log.info("float ONNX model is up to date: %s", path)
         return dict(manifest.get("onnx").metrics, reused=True)
     begin = time.perf_counter()
+    count = min(config.parity_images, len(eval_slice.inputs))
+    reference = torch_logits(deploy_model, eval_slice.inputs[:count], config.batch_size)
+    reparam: Dict[str, Any] = {}
+    if reparameterized:
+        reparam = parity(
+            torch_logits(torch_model, eval_slice.inputs[:count], config.batch_size),
+            reference,
+            config.parity_tolerance,
+            f"the reparameterized (deploy-time) {meta.arch} vs its train form",
+        )
     with atomic_path(path) as tmp:
-        export_float(torch_model, meta, tmp, config.opset)
-        count = min(config.parity_images, len(eval_slice.inputs))
-        reference = torch_logits(torch_model, eval_slice.inputs[:count], config.batch_size)
+        export_float(deploy_model, meta, tmp, config.opset)
         metrics = parity(
             reference,
             session_logits(tmp, eval_slice.inputs[:count], config.batch_size),
@@ -178,15 +196,20 @@ def float_model(
         )
     metrics["export_seconds"] = round(time.perf_counter() - begin, 3)
     metrics["opset"] = config.opset
+    metrics["reparameterized"] = reparameterized
+    if reparameterized:
+        metrics["reparam_max_abs_diff"] = reparam["max_abs_diff"]
+        metrics["reparam_top1_agreement"] = reparam["top1_agreement"]
     with Manifest.update(config.run_dir) as updated:
         updated.add_artifact(
             "onnx", path, kind="onnx", stage=STAGE, inputs=["checkpoint"], config=recipe, metrics=metrics
         )
     log.info(
-        "float ONNX: %s (max abs diff vs torch %.2e on %d images)",
+        "float ONNX: %s (max abs diff vs torch %.2e on %d images%s)",
         path,
         metrics["max_abs_diff"],
         metrics["images"],
+        f"; reparameterized, {metrics['reparam_max_abs_diff']:.2e} vs the train form" if reparameterized else "",
     )
     return metrics
 

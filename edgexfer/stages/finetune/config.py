@@ -10,6 +10,7 @@ from edgexfer.config import to_dict
 from edgexfer.data import DataSpec, resolve_data_arg
 from edgexfer.errors import ConfigError
 from edgexfer.fsutil import sha256_json
+from edgexfer.model_limits import check_model_limits
 from edgexfer.models import STRATEGIES, check_model_name
 from edgexfer.torchdeps import require_torch
 from edgexfer.preprocess import AUGMENTATIONS
@@ -99,6 +100,7 @@ class FinetuneConfig:
             object.__setattr__(self, "patience", None)
         require_torch("edgexfer finetune")  # before the model name is checked against torchvision's zoo
         check_model_name(self.model)
+        check_model_limits(self.model, self.size)  # blocking limits of the family, before any data is read
         choices = (
             ("strategy", STRATEGIES),
             ("optimizer", OPTIMIZERS),

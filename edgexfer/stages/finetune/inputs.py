@@ -4,7 +4,8 @@ preprocessing, and the frozen/trainable split (:func:`prepare`)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -28,28 +29,39 @@ def check_run_dir(out: Path, resume: bool) -> Path:
 
 
 def choose_preprocess(config: FinetuneConfig, spec: DataSpec, weights_meta: Dict[str, Any]) -> Preprocess:
-    """Input size, resize, normalisation and augmentation for this data and these weights.
+    """Input size, resize, normalisation, interpolation and augmentation for this data and these weights.
 
     Small-image datasets (embedded, CIFAR-10, Fashion-MNIST) are resized to 64 (no crop: the object
     fills the frame) with light augmentation (pad + crop + flip); folders get the weights' own
-    recipe (224 / 256 for ImageNet weights) with standard augmentation; weights from an edgexfer
-    checkpoint keep the input size that run used. Mean/std always come from
-    the weights (ImageNet statistics for torchvision and random-init models alike).
+    recipe (224 / 256 for torchvision's ImageNet weights, timm's ``crop_pct`` for timm models) with
+    standard augmentation; weights from an edgexfer checkpoint keep the input size that run used.
+    Mean/std and interpolation come from the weights, else from the model's own data config (timm's
+    ``resolve_data_config``), else ImageNet statistics and bilinear (torchvision).
     """
-    source = weights_meta.get("preprocess", {})
+    from edgexfer.models import model_preprocess
+
+    source = {**model_preprocess(config.model), **weights_meta.get("preprocess", {})}
     small = spec.kind in ("embedded", "torchvision")
     from_run = "class_names" in weights_meta  # an edgexfer checkpoint: keep the size it was trained at
     size = config.size or (
         int(source["size"]) if from_run else SMALL_IMAGE_SIZE if small else int(source.get("size", 224))
     )
-    resize = size if small else int(round(size * 256 / 224))
+    if small:
+        resize = size
+    elif "crop_pct" in source:  # timm's eval transform: shorter side to floor(size / crop_pct), centre crop
+        resize = int(math.floor(size / float(source["crop_pct"])))
+    else:
+        resize = int(round(size * 256 / 224))
     augment = config.augment or ("light" if small else "standard")
+    extra = {k: source[k] for k in ("crop_pct", "source") if k in source}
     return Preprocess(
         size=size,
         resize_size=resize,
         mean=tuple(source.get("mean", IMAGENET_MEAN)),
         std=tuple(source.get("std", IMAGENET_STD)),
+        interpolation=source.get("interpolation", "bilinear"),
         augment=augment,
+        extra=extra,
     )
 
 
@@ -76,7 +88,17 @@ def load_weights(model: Any, weights: str, arch: str) -> Tuple[str, Dict[str, An
             f"--weights '{weights}' is not a file; use imagenet, none, or a path to a state_dict, "
             "a torchvision .pth or an edgexfer checkpoint (e.g. runs/x/finetune/best.pt)"
         )
-    payload = read_checkpoint_file(path)
+    from edgexfer.timm_models import is_timm_name, pretrained_state_dict
+
+    # a timm model's own weights file (hub .safetensors, a timm .pth) goes through timm's loader and its
+    # checkpoint filters; only an edgexfer checkpoint (a run's best.pt) is read here
+    payload = None if path.suffix == ".safetensors" else read_checkpoint_file(path)
+    if is_timm_name(arch) and not is_edgexfer_checkpoint(payload):
+        state, timm_meta = pretrained_state_dict(arch, file=path.resolve())
+        load_backbone_weights(model, state, str(path))
+        return f"{timm_meta['source']}#sha256={sha256_file(path)[:16]}", timm_meta
+    if payload is None:
+        payload = read_checkpoint_file(path)
     meta: Dict[str, Any] = {}
     source = f"file:{path.resolve()}#sha256={sha256_file(path)[:16]}"
     if is_edgexfer_checkpoint(payload):
@@ -106,6 +128,7 @@ class Prepared:
     freeze: Dict[str, List[str]]
     hp: Dict[str, Any]
     workers: int
+    known_limits: List[str] = field(default_factory=list)  # edgexfer.model_limits lines for this model/size
 
     @property
     def class_names(self) -> List[str]:
@@ -117,6 +140,7 @@ def prepare(config: FinetuneConfig, runtime: Runtime) -> Prepared:
     """Check the run folder, seed, load the splits, build the model, load weights, apply the strategy."""
     import torch
 
+    from edgexfer.model_limits import check_model_limits
     from edgexfer.models import apply_strategy, build_model
 
     spec = config.data_spec()
@@ -125,6 +149,11 @@ def prepare(config: FinetuneConfig, runtime: Runtime) -> Prepared:
     train, val = load_splits(spec)
     model = build_model(config.model, len(train.class_names))
     weights_source, weights_meta = load_weights(model, config.weights, config.model)
+    preprocess = choose_preprocess(config, spec, weights_meta)
+    # a family that cannot reach a deployable model stops here, before training (exit 2)
+    limits = check_model_limits(config.model, preprocess.size)
+    for line in limits:
+        log.warning("%s", line)
     prepared = Prepared(
         spec=spec,
         train=train,
@@ -132,10 +161,11 @@ def prepare(config: FinetuneConfig, runtime: Runtime) -> Prepared:
         data_info=describe_data(train, val),
         model=model,
         weights_source=weights_source,
-        preprocess=choose_preprocess(config, spec, weights_meta),
+        preprocess=preprocess,
         freeze=apply_strategy(model, config.strategy, config.unfreeze_blocks),
         hp=config.hyperparameters(pretrained=config.weights != "none"),
         workers=config.num_workers if config.num_workers is not None else default_workers(),
+        known_limits=limits,
     )
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     model.to(runtime.device, memory_format=memory_format)

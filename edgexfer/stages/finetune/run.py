@@ -121,6 +121,7 @@ class FinetuneRun:
             "train_images": info["train_images"],
             "val_images": info["val_images"],
             "skipped_files": info["skipped_files"],
+            "known_limits": prepared.known_limits,
         }
 
     def _record(
