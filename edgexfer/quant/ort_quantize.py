@@ -12,14 +12,16 @@ import inspect
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgexfer.errors import BackendUnavailableError
+from edgexfer.errors import BackendUnavailableError, ModelError
 from edgexfer.quant.ranges import Ranges, tensors_data
 from edgexfer.quant.recipes import QuantRecipe
 
 MIN_ONNXRUNTIME = "1.27.0"
+_CWD_LOCK = threading.Lock()
 
 
 def check_quantizer() -> None:
@@ -42,11 +44,30 @@ def check_quantizer() -> None:
 def prepare_for_quantization(
     float_path: "os.PathLike[str] | str", out_path: "os.PathLike[str] | str"
 ) -> Path:
-    """ONNX Runtime's ``quant_pre_process``: shape inference and graph clean-up before quantization."""
+    """ONNX Runtime's ``quant_pre_process``: shape inference and graph clean-up before quantization.
+
+    Its symbolic shape inference can write scratch models (``sym_shape_infer_temp.onnx``, ``<uuid>.data``)
+    into the current directory and leave them there when it fails (seen on torchvision's Swin, ~111 MB):
+    it runs with a private scratch folder as the working directory, under a lock (the directory is
+    process-wide). Its failures (a plain ``Exception``) become one line naming the model, not a traceback.
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quant_pre_process(os.fspath(float_path), os.fspath(out_path), skip_symbolic_shape=False)
-    return Path(out_path)
+    source, target = os.path.abspath(os.fspath(float_path)), os.path.abspath(os.fspath(out_path))
+    with _CWD_LOCK, tempfile.TemporaryDirectory(prefix=".prequant-", dir=os.path.dirname(target)) as scratch:
+        previous = os.getcwd()
+        os.chdir(scratch)
+        try:
+            quant_pre_process(source, target, skip_symbolic_shape=False)
+        except Exception as exc:  # onnxruntime raises a bare Exception ("Incomplete symbolic shape inference")
+            raise ModelError(
+                f"ONNX Runtime's INT8 pre-processing (shape inference) failed on {os.path.basename(source)}: "
+                f"{str(exc).strip() or type(exc).__name__}; this model cannot be quantized by ONNX Runtime's "
+                "quantizer (docs/models.md lists the families that can); export it without --int8"
+            ) from exc
+        finally:
+            os.chdir(previous)
+    return Path(target)
 
 
 def quantize_with_ranges(
