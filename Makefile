@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # train: torch + torchvision (finetune, export); without it the venv is the torch-free device runtime;
 # timm: the timm model source (--model timm/<name>), which the zoo and its tests use
-EXTRAS ?= train,dev,openvino,timm
+EXTRAS ?= train,dev,openvino,timm,video
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgexfer-installed
 

@@ -45,10 +45,10 @@ def open_video(text: str) -> Tuple[Any, str]:
     (exit 2) naming the source when it cannot be opened or has no frame to read."""
     import os
 
-    cv2 = load_cv2()
-    source = video_source(text)
+    source = video_source(text)  # a missing file is said first: it needs no OpenCV to know
     if isinstance(source, str) and "://" not in source and not os.path.isfile(source):
         raise DataError(f"video '{source}' does not exist; pass a video file or a camera index such as 0")
+    cv2 = load_cv2()
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         capture.release()
