@@ -75,8 +75,11 @@ def hostile_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("workstation")
     run = make_run_dir(base / "my run; $(touch PWNED_RUN) 'q", class_names=list(WEIRD_CLASSES))
     images = make_image_folder(base / "images", per_class=6, classes=WEIRD_CLASSES, seed=5)
+    # edgexfer's own recipe only: the gate test below needs an INT8 model that disagrees with this random
+    # float model somewhere (it asserts so); the bias-corrected candidate happened to agree on all 18 images
     run_export(ExportConfig(run_dir=run, progress=False, eval_data=images, eval_size=18, parity_images=8,
-                            calib=images, calib_size=18, calib_method="minmax", int8=True, target="cpu"))
+                            calib=images, calib_size=18, calib_method="minmax", int8=True, target="cpu",
+                            quantizer="edgexfer"))
     return run
 
 
@@ -369,15 +372,28 @@ def test_setup_installs_then_reuses(server, float_run, torch_free, tmp_path, mon
           f"wheelhouse {sum(p.stat().st_size for p in wheels.glob('*.whl')) / 1e6:.0f} MB")
 
 
-def _fake_rsync(tmp_path: Path, seconds: int) -> Path:
-    """A folder for PATH whose rsync is the real one, throttled and killed after ``seconds``: a transfer
-    cut mid-way (as a dropped link or Ctrl-C would)."""
+def _fake_rsync(tmp_path: Path, watch: Path, kilobytes: int = 2048) -> Path:
+    """A folder for PATH whose rsync is the real one, throttled, and killed (SIGKILL) as soon as ``watch``
+    (the device folder, on this machine) holds ``kilobytes`` of what it sent: a transfer cut mid-way (as a
+    dropped link or Ctrl-C would), at a point set by bytes, not by a delay (a loaded machine may take
+    seconds to open the ssh connection). Exit status 137, as a shell reports a process killed by SIGKILL."""
+    import shlex
     import shutil
 
     folder = tmp_path / "cut rsync"
     folder.mkdir()
     real = shutil.which("rsync")
-    (folder / "rsync").write_text(f'#!/bin/sh\nexec timeout -s KILL {seconds} "{real}" --bwlimit=2000 "$@"\n')
+    (folder / "rsync").write_text(f"""#!/bin/sh
+{shlex.quote(real)} --bwlimit=2000 "$@" &
+pid=$!
+while kill -0 $pid 2>/dev/null; do
+  if [ "$(du -sk {shlex.quote(str(watch))} 2>/dev/null | cut -f1)" -gt {kilobytes} ] 2>/dev/null; then
+    kill -KILL $pid; wait $pid; exit 137
+  fi
+  sleep 0.1
+done
+wait $pid
+""")
     (folder / "rsync").chmod(0o755)
     return folder
 
@@ -386,7 +402,7 @@ def _fake_rsync(tmp_path: Path, seconds: int) -> Path:
 def test_interrupted_copy_resumes(server, device_python, float_run, tmp_path):
     remote = tmp_path / "device dir"
     config = server.client_config("ssh_config")
-    cut = _fake_rsync(tmp_path, 3)
+    cut = _fake_rsync(tmp_path, remote)
     code, out, err = deploy(float_run, f"device:{remote}", "--precision", "fp32", "--no-bench", config=config,
                             python=device_python, env={"PATH": f"{cut}:{os.environ['PATH']}"})
     lines = [line for line in err.splitlines() if line.strip()]
@@ -402,7 +418,7 @@ def test_interrupted_copy_resumes(server, device_python, float_run, tmp_path):
     assert code in (0, 5), err
     total = sum(p.stat().st_size for p in (remote / "bundle").rglob("*") if p.is_file())
     print(f"\nafter the cut, the re-run sent {sent_bytes(out)} of {total} bytes")
-    assert sent_bytes(out) < total  # resumed: what arrived before the cut was not sent again
+    assert sent_bytes(out) < total - 1_000_000  # resumed: the >2 MB that arrived before the cut was not sent again
     assert json.loads((float_run / "devices" / "device" / "verify" / "verify.json").read_text())["artifacts"]
 
 
