@@ -403,6 +403,8 @@ def test_interrupted_copy_resumes(server, device_python, float_run, tmp_path):
     remote = tmp_path / "device dir"
     config = server.client_config("ssh_config")
     cut = _fake_rsync(tmp_path, remote)
+    collected = float_run / "devices" / "device"  # earlier tests in this file may have deployed this run
+    before = {p: p.read_bytes() for p in collected.rglob("*") if p.is_file()} if collected.exists() else None
     code, out, err = deploy(float_run, f"device:{remote}", "--precision", "fp32", "--no-bench", config=config,
                             python=device_python, env={"PATH": f"{cut}:{os.environ['PATH']}"})
     lines = [line for line in err.splitlines() if line.strip()]
@@ -412,7 +414,8 @@ def test_interrupted_copy_resumes(server, device_python, float_run, tmp_path):
     visible = [p.relative_to(remote / "bundle").as_posix() for p in (remote / "bundle").rglob("*") if p.is_file()
                and not any(part.startswith(".") for part in p.relative_to(remote / "bundle").parts)]
     assert visible == [] and not (remote / "run").exists()
-    assert not (float_run / "devices" / "device").exists()
+    after = {p: p.read_bytes() for p in collected.rglob("*") if p.is_file()} if collected.exists() else None
+    assert after == before  # nothing collected here from the cut deploy
     code, out, err = deploy(float_run, f"device:{remote}", "--precision", "fp32", "--no-bench", config=config,
                             python=device_python)
     assert code in (0, 5), err
