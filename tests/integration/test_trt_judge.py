@@ -25,10 +25,10 @@ def run_data(random_run, tmp_path):
     return random_run, eval_dir, calib_dir
 
 
-def _export(cli_runner, run, eval_dir, calib_dir, target):
+def _export(cli_runner, run, eval_dir, calib_dir, target, *extra):
     return cli_runner(
         "export", str(run), "--int8", "--target", target, "--calib", str(calib_dir), "--calib-size", "10",
-        "--calib-method", "minmax", "--eval-data", str(eval_dir), "--no-shared-cache", "--no-progress",
+        "--calib-method", "minmax", "--eval-data", str(eval_dir), "--no-shared-cache", "--no-progress", *extra,
     )
 
 
@@ -36,7 +36,9 @@ def _export(cli_runner, run, eval_dir, calib_dir, target):
 def test_with_tensorrt_candidates_are_scored_on_engines(cli_runner, run_data, monkeypatch):
     run, eval_dir, calib_dir = run_data
     trt = fake_trt.install(monkeypatch, "10.3.0")
-    code, out, err = _export(cli_runner, run, eval_dir, calib_dir, "tensorrt")
+    # one candidate (edgexfer's recipe, minmax) and no per-layer evidence: exactly one engine to count
+    code, out, err = _export(cli_runner, run, eval_dir, calib_dir, "tensorrt", "--quantizer", "edgexfer",
+                             "--evidence-layers", "0")
     assert code == 0, err
     line = next(x for x in out.splitlines() if x.startswith("onnx_int8_tensorrt"))
     assert "scored on tensorrt 10.3.0 engine" in line and "stand-in" not in out + err
@@ -46,7 +48,10 @@ def test_with_tensorrt_candidates_are_scored_on_engines(cli_runner, run_data, mo
     assert Manifest.open(run).stage("export")["metrics"]["onnx_int8_tensorrt"]["scored_on"] == metrics["scored_on"]
     # one candidate (minmax, no guard): one engine, run on every held-out image
     assert len(trt.log["built"]) == 1 and "int8" in trt.log["built"][0]["precisions"]
-    assert trt.log["executed"] == metrics["eval_images"] == 12
+    # the candidate ran on every held-out image; the export evidence (quant/evidence.py) then runs the kept
+    # model over the same images once more for its all-INT8 baseline (redundant: the competition has those
+    # logits; left as is and noted, to be reused)
+    assert trt.log["executed"] == 2 * metrics["eval_images"] == 24
     # the engines were staged and removed; their timing cache stays where 'edgexfer build' looks for it
     build_dir = run / "build"
     assert [p.name for p in build_dir.iterdir()] == ["timing_trt10.3_sm87.cache"]
