@@ -83,8 +83,11 @@ def make_eval_loader(
     batch_size: int,
     runtime: Runtime,
     num_workers: int,
+    generator: Any = None,
 ) -> Any:
-    """An in-order loader over this rank's share (every world_size-th item, no padding, so sums are exact)."""
+    """An in-order loader over this rank's share (every world_size-th item, no padding, so sums are exact).
+    ``generator``: the loader's own (a loader without one draws its base seed from torch's global
+    generator each pass, even with no workers)."""
     from torch.utils.data import DataLoader, Subset
 
     dataset = TransformDataset(samples, transform)
@@ -95,6 +98,7 @@ def make_eval_loader(
         shuffle=False,
         num_workers=num_workers,
         pin_memory=runtime.device.type == "cuda",
+        generator=generator,
     )
 
 

@@ -88,19 +88,11 @@ def make_loader(samples: "ImageSamples", transform: Any, batch_size: int, runtim
     generator: a loader without one draws its base seed from torch's global generator each pass,
     which would shift the training run's random stream."""
     import torch
-    from torch.utils.data import DataLoader, Subset
 
-    from edgexfer.training.loop import TransformDataset
+    from edgexfer.training.loop import make_eval_loader
 
-    dataset = TransformDataset(samples, transform)
-    indices = list(range(runtime.rank, len(dataset), runtime.world_size))
-    return DataLoader(
-        Subset(dataset, indices),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=0,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    generator = torch.Generator().manual_seed(seed)
+    return make_eval_loader(samples, transform, batch_size, runtime, num_workers=0, generator=generator)
 
 
 def recompute_bn_stats(model: Any, loader: Any, runtime: "Runtime") -> PreciseBNResult:
