@@ -7,9 +7,11 @@ the artifact's own metadata (ONNX ``metadata_props``, the sidecar JSON of an eng
 checkpoint), so nothing else is needed.
 
 Images are given as files, folders (their image files, sorted), glob patterns (``'photos/*.jpg'``,
-quoted so the shell leaves them) or a list file (``list_file``: one path per line). They are streamed:
-``workers`` threads decode and preprocess the images ahead of inference (at most two batches ahead, so
-memory does not grow with the number of images) while the runner infers the current batch; results come
+quoted so the shell leaves them) or a list file (``list_file``: one path per line). They are streamed
+(:func:`edgexfer.stream.pipelined`, the same pipeline ``bench --mode throughput`` times): ``workers``
+threads decode and preprocess the images ahead of inference (a bounded window, so memory does not grow
+with the number of images) while ``in_flight`` batches run through the runner's ``infer_stream`` at once
+(OpenVINO asynchronous requests, ONNX Runtime concurrent runs, TensorRT execution contexts); results come
 out in input order, to ``on_prediction`` as each batch finishes where one is given. Before the model is
 loaded every file is opened once (header only): a missing file or one that is not an image fails with
 one line before any inference. A file whose header reads but whose pixel data is corrupt fails with the
@@ -46,6 +48,7 @@ class PredictConfig:
     threads: Optional[int] = None
     provider: Optional[str] = None
     workers: Optional[int] = None
+    in_flight: int = 0
     list_file: Optional[Path] = None
     video: Optional[str] = None
     progress: bool = False
@@ -63,6 +66,8 @@ class PredictConfig:
             )
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be >= 0 (0: decode on the inference thread), got {self.workers}")
+        if self.in_flight < 0:
+            raise ConfigError(f"--in-flight must be >= 0 (0: the runtime's choice), got {self.in_flight}")
         if self.top_k < 1:
             raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
         if self.batch_size < 1:
@@ -94,6 +99,7 @@ class PredictResult:
     predictions: List[Dict[str, Any]] = field(default_factory=list)
     images: int = 0
     seconds: float = 0.0
+    in_flight: int = 1
 
     @property
     def images_per_s(self) -> float:
@@ -110,6 +116,7 @@ class PredictResult:
             "images": self.images,
             "seconds": round(self.seconds, 4),
             "images_per_s": round(self.images_per_s, 2),
+            "in_flight": self.in_flight,
         }
 
 
@@ -280,6 +287,17 @@ def decode_workers(config: PredictConfig) -> int:
     return config.workers if config.workers is not None else min(4, os.cpu_count() or 1)
 
 
+def requests_in_flight(config: PredictConfig, total: Optional[int], batch: int) -> int:
+    """Batches inferred at once: ``--in-flight``; else 1 with ``--workers 0`` (decode, then infer, on one
+    thread: the sequential path) or when all the images fit in one batch (nothing to overlap), else 0 (the
+    runtime's choice, :meth:`Runner.default_in_flight`)."""
+    if config.in_flight:
+        return config.in_flight
+    if decode_workers(config) == 0 or (total is not None and total <= batch):
+        return 1
+    return 0
+
+
 def run_predict(
     config: PredictConfig, on_prediction: Optional[Callable[[Dict[str, Any]], None]] = None
 ) -> PredictResult:
@@ -294,7 +312,7 @@ def run_predict(
     from tqdm import tqdm
 
     from edgexfer.backends.base import get_backend
-    from edgexfer.prefetch import chunked, ordered_prefetch
+    from edgexfer.stream import pipelined
 
     name, backend_name, path = resolve_target(config)
     info = model_info(path)
@@ -316,35 +334,33 @@ def run_predict(
     emit = on_prediction or result.predictions.append
     with backend.load(path, options) as runner:
         prepare = partial(convert, info=info, dtype=runner.input_dtype, layout=runner.input_layout)
-        rows = ordered_prefetch(prepare, items, decode_workers(config), window=2 * config.batch_size)
+        batch = min(config.batch_size, int(getattr(runner, "max_batch", None) or config.batch_size))
         start = time.perf_counter()
         with tqdm(total=total, desc="predict", unit="img", disable=not config.progress, leave=False) as bar:
-            for chunk in chunked(rows, config.batch_size):
-                logits = np.asarray(runner.infer(np.stack([row for _, row in chunk])))
+            in_flight = requests_in_flight(config, total, batch)
+            for chunk, logits in pipelined(runner, prepare, items, batch, decode_workers(config), in_flight):
                 if logits.shape[1] != len(info.class_names):
                     raise ArtifactError(
                         f"'{path}' outputs {logits.shape[1]} scores but its metadata names "
                         f"{len(info.class_names)} classes; re-export the model"
                     )
-                for (item, _), top in zip(chunk, top_k(softmax(logits), info.class_names, config.top_k)):
+                for item, top in zip(chunk, top_k(softmax(logits), info.class_names, config.top_k)):
                     emit(dict({"image": label(item), "top": top},
                               **({"frame": item[0]} if config.video is not None else {})))
                 result.images += len(chunk)
                 bar.update(len(chunk))
+                if config.progress and result.images:
+                    bar.set_postfix_str(f"{result.images / (time.perf_counter() - start):.1f} img/s")
         result.seconds = time.perf_counter() - start
+        result.in_flight = int(in_flight or runner.default_in_flight())
     return result
 
 
 def _image_row(file: Path, info: ModelInfo, dtype: Any, layout: str) -> np.ndarray:
-    """One image file -> one row of the runner's input (runs on a decode thread): a raw frame for a frame
-    model (the file resized to the frame only if its size differs, :func:`edgexfer.frames.load_frame`),
-    else the preprocessed image."""
-    from edgexfer.frames import load_frame
-    from edgexfer.preprocess import image_to_input
+    """One image file -> one row of the runner's input (runs on a decode thread, :func:`edgexfer.stream.file_row`)."""
+    from edgexfer.stream import file_row
 
-    if info.frame is not None:
-        return load_frame(file, info.frame)
-    return image_to_input(info.preprocess.open(file), info.preprocess, dtype, layout)
+    return file_row(file, info.preprocess, info.frame, dtype, layout)
 
 
 def _video_row(item: Tuple[int, np.ndarray], info: ModelInfo, dtype: Any, layout: str) -> np.ndarray:
