@@ -51,7 +51,7 @@ def config_from_params(params: Mapping[str, Any], progress: bool) -> Any:
 @click.option(
     "--in-flight", type=int, default=0, show_default=True,
     help="Batches inferred at once (OpenVINO async requests, ONNX Runtime concurrent runs, TensorRT "
-    "execution contexts); 0: the runtime's choice.",
+    "execution contexts); 0: the runtime's choice (1 with --workers 0 or one batch of images).",
 )
 @click.option(
     "--list", "list_file", type=click.Path(path_type=str), default=None,

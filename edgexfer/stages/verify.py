@@ -229,6 +229,9 @@ def verify_target(
         feed: Any = inputs if frame is None else inputs.frames(frame)
         if frame is not None:
             entry["frame"] = frame.to_dict()
+            entry["note"] = (f"takes raw {frame.text} {frame.channel_order.upper()} frames: each image was scaled to "
+                             "cover the frame and centre-cropped (as predict feeds it), then the model's own graph "
+                             "resized, cropped and normalised it; its figures include that preprocessing's difference.")
         backend = get_backend(target.backend)
         backend.require_available()
         with backend.load(target.path, config.load_options()) as runner:
