@@ -319,8 +319,14 @@ def test_bench_models_with_frame_also_make_and_bench_a_frame_model(tmp_path, cli
     assert manifest.get("onnxruntime_int8_frame").config["source"] == "onnx_int8_cpu_frame"
     assert manifest.get("onnxruntime_fp32_frame").config["source"] == "onnx_frame"
     assert Manifest.open(tmp_path / "work" / "resnet18-64").has("onnx_uint8")  # the ordinary export is intact
+    code, out, err = cli_runner("-q", "bench", "--run", str(frame_run), "--frame", "72x96", "--frame-format", "bgr",
+                                "--batch", "1", "--min-time", "0.05", "--min-iterations", "3", "--no-e2e",
+                                "--machine-name", "box", "--backend", "onnxruntime")
+    assert code == 0, err  # --run --frame: the run's frame builds of that frame (and its ordinary builds)
+    assert {r["artifact"] for r in json.loads((frame_run / "bench" / "box.json").read_text())["results"]} >= {
+        "onnxruntime_fp32_frame", "onnxruntime_int8_frame"}
     code, out, err = cli_runner("bench", "--run", str(frame_run), "--frame", "72x96", "--out", str(tmp_path))
-    assert code == 2 and "--frame makes raw-frame models of --model benches" in err
+    assert code == 2 and "has no raw-frame build of 72x96 rgb (frame builds: 72x96 bgr)" in err
     code, out, err = cli_runner("bench", "--model", "resnet18", "--frame", "40x40", "--size", "64",
                                 "--out", str(tmp_path))
     assert code == 2 and "smaller than the model's" in err

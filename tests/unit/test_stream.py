@@ -88,3 +88,16 @@ def test_stopping_early_leaves_no_request_running():
     next(stream)
     stream.close()
     assert runner.now == 0
+
+
+def test_predict_chooses_requests_in_flight():
+    from edgexfer.stages.predict import PredictConfig, requests_in_flight
+
+    def config(**options):
+        return PredictConfig(target="model.onnx", images=("a.jpg",), **options)
+
+    assert requests_in_flight(config(), total=100, batch=16) == 0  # the runtime's choice
+    assert requests_in_flight(config(workers=0), total=100, batch=16) == 1  # decode, then infer, one thread
+    assert requests_in_flight(config(), total=16, batch=16) == 1  # one batch: nothing to overlap
+    assert requests_in_flight(config(), total=None, batch=16) == 0  # a video: length unknown
+    assert requests_in_flight(config(in_flight=3, workers=0), total=4, batch=16) == 3  # said explicitly

@@ -53,21 +53,19 @@ class BenchConfig:
         return None if self.frame is None else FrameSpec.parse(self.frame, self.frame_format)
 
     def _check_frame(self) -> None:
-        """``--frame`` makes raw-frame models of the random-weight ``--model`` benches: uint8 input, a
-        frame at least the model's crop."""
+        """``--frame`` makes raw-frame models of the random-weight ``--model`` benches (uint8 input, a frame at
+        least the model's crop); with ``--run`` it picks the run's frame builds of that size."""
         from edgexfer.frames import FRAME_FORMATS
         from edgexfer.preprocess import Preprocess
 
-        if self.run_dir is not None:
-            raise ConfigError("--frame makes raw-frame models of --model benches; a run's own frame builds "
-                              "(build --source onnx_frame) are benched with --run as they are, leave --frame out")
-        if not self.uint8_input:
-            raise ConfigError("--frame benches models that take raw uint8 frames; drop --float-input")
         if str(self.frame_format).lower() not in FRAME_FORMATS:
             raise ConfigError(f"unknown --frame-format '{self.frame_format}'; choose rgb or bgr")
         object.__setattr__(self, "frame_format", str(self.frame_format).lower())
         spec = self.frame_spec
-        spec.check_crop(Preprocess.imagenet(self.size, augment="none"))
+        if self.run_dir is None:
+            if not self.uint8_input:
+                raise ConfigError("--frame benches models that take raw uint8 frames; drop --float-input")
+            spec.check_crop(Preprocess.imagenet(self.size, augment="none"))
         object.__setattr__(self, "frame", spec.text)
 
     def __post_init__(self) -> None:
