@@ -118,7 +118,7 @@ def main() -> None:
             array = np.stack([file_row(f, info.preprocess, info.frame, runner.input_dtype, runner.input_layout)
                               for f in files[: args.batch]])
             model_alone(runner, array, in_flight, 0.5)  # warm-up: compiles the throughput model
-            names = ["model alone, 1 in flight", f"model alone, {in_flight} in flight",
+            names = ["model alone, 1 in flight", f"model alone, {in_flight} in flight (yardstick)",
                      "pipelined, workers 0, 1 in flight", f"pipelined, workers {args.workers}, {in_flight} in flight",
                      f"run_predict (load + {args.count} files), workers {args.workers}"]
             results: Dict[str, List[Tuple[float, float]]] = {name: [] for name in names}
