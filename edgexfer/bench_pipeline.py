@@ -90,7 +90,31 @@ def model_plan(model: str, backends: List[str], config: BenchConfig) -> BenchPla
                 plan.skipped.append(_skip(model, backend_name, precision, reason))
                 continue
             plan.targets.append(build_target(run_dir, name, reference))
+    if config.frame is not None:
+        frame_targets(model, backends, classes, eval_data, reference, plan, config)
     return plan
+
+
+def frame_targets(model: str, backends: List[str], classes: Tuple[str, ...], eval_data: Path, reference: Any,
+                  plan: BenchPlan, config: BenchConfig) -> None:
+    """``--frame``: the same random-weight model exported as a raw-frame model (float and INT8, in its own
+    run directory ``<model>-<size>-frame-<H>x<W>-<format>``: a frame export replaces the uint8 model) and
+    built per backend and precision from it (``<backend>_<precision>_frame``); rows it cannot make are
+    skipped with the reason."""
+    from edgexfer.backends.base import REFERENCE_BACKEND
+    from edgexfer.stages.bench.targets import build_target
+
+    spec = config.frame_spec
+    run_dir = random_run(model, classes, config, suffix=f"-frame-{spec.text}-{spec.channel_order}")
+    export_for_bench(run_dir, backends, eval_data, config, frame=spec)
+    for backend_name in (b for b in backends if b != REFERENCE_BACKEND):
+        for precision in config.precisions:
+            try:
+                name = build_for_bench(run_dir, backend_name, precision, eval_data, config, frame=True)
+            except EdgexferError as exc:
+                plan.skipped.append(_skip(model, backend_name, f"{precision} frame", f"build failed: {exc}"))
+                continue
+            plan.targets.append(build_target(run_dir, name, reference))
 
 
 def _skip(model: str, backend: str, precision: str, reason: str) -> Dict[str, str]:
@@ -115,16 +139,16 @@ def bench_classes(config: BenchConfig) -> Tuple[Tuple[str, ...], Path]:
     return NEUTRAL_CLASSES, labelled
 
 
-def random_run(model: str, classes: Tuple[str, ...], config: BenchConfig) -> Path:
-    """``<work_dir>/<model>-<size>``: a seeded random-weight checkpoint of ``model``, reused while fresh
-    and made for the same classes."""
+def random_run(model: str, classes: Tuple[str, ...], config: BenchConfig, suffix: str = "") -> Path:
+    """``<work_dir>/<model>-<size><suffix>``: a seeded random-weight checkpoint of ``model``, reused while
+    fresh and made for the same classes."""
     from edgexfer.manifest import Manifest
     from edgexfer.models import check_model_name
     from edgexfer.preprocess import Preprocess
     from edgexfer.random_run import write_random_run
 
     check_model_name(model)
-    run_dir = (config.work_dir / f"{model}-{config.size}").resolve()
+    run_dir = (config.work_dir / f"{model}-{config.size}{suffix}").resolve()
     try:
         manifest = Manifest.open(run_dir)
         if manifest.is_fresh("checkpoint") and manifest.get("checkpoint").config.get("class_names") == list(classes):
@@ -138,8 +162,10 @@ def _fresh(manifest: Any, name: str) -> bool:
     return manifest.has(name) and manifest.is_fresh(name)
 
 
-def export_for_bench(run_dir: Path, backends: List[str], eval_data: Path, config: BenchConfig) -> None:
-    """Run the real export stage (float, uint8-input, INT8 QDQ per target) unless its outputs are fresh.
+def export_for_bench(run_dir: Path, backends: List[str], eval_data: Path, config: BenchConfig,
+                     frame: Any = None) -> None:
+    """Run the real export stage (float, uint8-input, INT8 QDQ per target) unless its outputs are fresh;
+    with ``frame`` (a FrameSpec) the raw-frame models instead of the uint8 ones.
 
     Random weights make the calibration method irrelevant for latency, so one method (minmax) and a small
     evaluation slice keep ``make bench`` short; the calibration images are real.
@@ -152,6 +178,8 @@ def export_for_bench(run_dir: Path, backends: List[str], eval_data: Path, config
     builders = [get_backend(b) for b in backends if b != REFERENCE_BACKEND] if int8 else []
     targets = sorted({backend.int8_target for backend in builders})
     needed = {"onnx"} | ({"onnx_uint8"} if config.uint8_input else set()) | {b.int8_source for b in builders}
+    if frame is not None:
+        needed = {"onnx", "onnx_frame"} | {f"{b.int8_source}_frame" for b in builders}
     if all(_fresh(Manifest.open(run_dir), name) for name in needed):
         return
     run_export(
@@ -159,6 +187,8 @@ def export_for_bench(run_dir: Path, backends: List[str], eval_data: Path, config
             run_dir=run_dir,
             uint8_input=config.uint8_input,
             uint8_layout="NHWC",
+            frame=None if frame is None else frame.text,
+            frame_format="rgb" if frame is None else frame.channel_order,
             int8=bool(targets),
             target=targets[0] if len(targets) == 1 else ("all" if targets else "cpu"),
             calib=config.calibration,
@@ -174,17 +204,20 @@ def export_for_bench(run_dir: Path, backends: List[str], eval_data: Path, config
     )
 
 
-def build_for_bench(run_dir: Path, backend: str, precision: str, smoke_data: Path, config: BenchConfig) -> str:
-    """Build ``<backend>_<precision>`` through the real build stage (reused when fresh, same source),
-    smoke-checked on ``smoke_data``."""
+def build_for_bench(run_dir: Path, backend: str, precision: str, smoke_data: Path, config: BenchConfig,
+                    frame: bool = False) -> str:
+    """Build ``<backend>_<precision>`` (``_frame`` from the raw-frame exports) through the real build stage
+    (reused when fresh, same source), smoke-checked on ``smoke_data``."""
     from edgexfer.manifest import Manifest
     from edgexfer.stages.bench.variant import uint8_int8_variant
     from edgexfer.stages.build import BuildConfig, default_source, run_build
 
     source = default_source(backend, precision)
-    if config.uint8_input:
+    if frame:
+        source = "onnx_frame" if source == "onnx" else f"{source}_frame"
+    elif config.uint8_input:
         source = "onnx_uint8" if source == "onnx" else uint8_int8_variant(run_dir, source, config.calibration)
-    name = f"{backend}_{precision}"
+    name = f"{backend}_{precision}" + ("_frame" if frame else "")
     manifest = Manifest.open(run_dir)
     if _fresh(manifest, name) and manifest.get(name).config.get("source") == source:
         return name

@@ -162,6 +162,7 @@ def _accuracy_table(data: Dict[str, Any]) -> List[str]:
         for e in data["artifacts"]
         if e.get("stand_in_for")
     ]
+    stand_ins += [f"- `{e['name']}` {e['note']}" for e in data["artifacts"] if e.get("note") and "accuracy" in e]
     return lines + [""] + (stand_ins + [""] if stand_ins else []) + [
         "A positive drop means the artifact is less accurate than the float model. McNemar's p "
         "tests whether the two differ on these images at all (small p: a real difference).",

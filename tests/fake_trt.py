@@ -16,6 +16,10 @@ onnx/onnx-tensorrt release branches, docs.nvidia.com pages):
 * ``nptype`` on 8.5 fails like it does under numpy 1.24-1.26;
 * the engine's profile, dtypes and output shapes are those of the build; ``set_input_shape`` outside the
   profile and ``execute_async_v3`` with an unbound tensor return False (fake_trt_engine.py);
+* device memory and streams are asynchronous (fake_trt_cuda.py): an enqueue runs when its stream is
+  synchronized; a buffer used by two streams' unfinished work, or a context enqueued again on another
+  stream before its last enqueue finished, is refused; before TensorRT 9 a second context has no
+  optimization profile (one profile per concurrent context; shared from 9);
 * layer precisions follow the build: a weighted layer with Q/DQ on its activation and weight runs int8,
   the others fp16 when BuilderFlag.FP16 is set on a weakly typed network (else fp32/tf32), and the
   engine computes them so (fp16 layers: weights and outputs rounded through fp16), so an engine's

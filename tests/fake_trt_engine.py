@@ -1,6 +1,7 @@
-"""The runtime half of the fake ``tensorrt`` (see fake_trt.py): serialized engines, Runtime, ICudaEngine,
-IExecutionContext and fake device memory. An engine is self-contained (its record and the ONNX model it
-runs with ONNX Runtime), so a build -> load -> infer round trip checks buffer plumbing and batching.
+"""The runtime half of the fake ``tensorrt`` (see fake_trt.py): serialized engines, Runtime, ICudaEngine and
+IExecutionContext, over the asynchronous fake device of fake_trt_cuda.py. An engine is self-contained (its
+record and the ONNX model it runs with ONNX Runtime), so a build -> load -> infer round trip checks buffer
+plumbing and batching.
 
 Each strict behaviour names the real source it mirrors.
 """
@@ -12,11 +13,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from fake_trt_cuda import ALIGNMENT, DEVICE, FakeMemory, RaceError  # noqa: F401  (re-exported for fake_trt)
+
 MAGIC = b"FAKEENGINE1"
 # Numpy types of the fake DataType members (by name, like edgexfer's own mapping must be).
 NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
          "BOOL": np.bool_, "UINT8": np.uint8}
-ALIGNMENT = 256  # "The pointer must have at least 256-byte alignment" (NvInferRuntime.h @v10.3.0 L4003)
 
 
 def serialize(record: Dict[str, Any], model_bytes: bytes) -> bytes:
@@ -107,6 +109,8 @@ class FakeEngine:
         self.names = [t["name"] for t in record["inputs"] + record["outputs"]]
         self.num_io_tensors = len(self.names)
         self.num_optimization_profiles = 1
+        self.version = tuple(int(p) for p in trt.__version__.split(".")[:3])
+        self.contexts: List["FakeContext"] = []
         # Fake-only facts a test may read, like trtexec --dumpLayerInfo would show them:
         self.precisions: List[str] = record["precisions"]
         self.dla_core_used = dla if record["dla_core"] is not None else None
@@ -130,7 +134,16 @@ class FakeEngine:
     def create_execution_context(self) -> Optional["FakeContext"]:
         if self.state["context_oom"]:  # createExecutionContext returns nullptr -> None in Python
             return self.state["error"]("out of device memory creating the execution context")
-        return FakeContext(self)
+        context = FakeContext(self)
+        self.contexts.append(context)
+        return context
+
+    def profile_taken(self, index: int, asker: "FakeContext") -> bool:
+        """Before TensorRT 9 a profile is one context's at a time: "each execution context in concurrent use
+        must use a separate optimization profile" (NvInferRuntime.h @8.5.2 L1589-1591); from 9 profiles are
+        shared (PreviewFeature::kPROFILE_SHARING_0806, "will become the default behavior in TensorRT 9.0",
+        NvInfer.h @v8.6.1 L9032-9037; "The default value for this flag is on", NvInfer.h @v10.3.0 L8600-8604)."""
+        return self.version < (9,) and any(c.profile == index for c in self.contexts if c is not asker)
 
 
 class FakeContext:
@@ -141,6 +154,18 @@ class FakeContext:
         self.shapes: Dict[str, Tuple[int, ...]] = {}
         self.addresses: Dict[str, int] = {}
         self.calls: List[int] = []
+        self.streams: List[int] = []  # the stream of every enqueue
+        # "The first execution context created will call setOptimizationProfile(0) implicitly. For other
+        # execution contexts, setOptimizationProfile() must be called with unique profile index" (NvInferRuntime.h
+        # @8.5.2 L1589-1591); from 10 "The newly created execution context will be assigned optimization
+        # profile 0" (NvInferRuntime.h @v10.3.0 L2612-2615).
+        self.profile: Optional[int] = None if engine.profile_taken(0, self) else 0
+
+    def set_optimization_profile_async(self, index: int, stream: int) -> bool:
+        if not 0 <= index < self.engine.num_optimization_profiles or self.engine.profile_taken(index, self):
+            return self._fail(f"setOptimizationProfileAsync: profile {index} is not free for this context")
+        self.profile = index
+        return True
 
     def _fail(self, message: str) -> bool:
         self.engine.state["error"](message)
@@ -153,6 +178,8 @@ class FakeContext:
         (IOptimizationProfile, NvInferRuntime.h @v10.3.0 L2152-2155)."""
         tensor = self.engine.tensors.get(name)
         shape = tuple(int(d) for d in shape)
+        if self.profile is None:
+            return self._fail("set_input_shape: this context has no optimization profile (set one first)")
         if tensor is None or tensor["io"] != "input":
             return self._fail(f"set_input_shape: '{name}' is not an input tensor")
         low, _, high = (tuple(s) for s in self.engine.record["profile"][name])
@@ -181,88 +208,40 @@ class FakeContext:
     def execute_async_v3(self, stream_handle: int) -> bool:
         """False unless every input shape is set and every I/O tensor has an address: "Before calling
         enqueueV3(), each input must have a non-null address and each output must have a non-null address"
-        (NvInferRuntime.h @v10.3.0 L3988-3989)."""
+        (NvInferRuntime.h @v10.3.0 L3988-3989). The inference runs when the stream does (fake_trt_cuda.py),
+        reading the input buffer then and writing the outputs then; the shapes and addresses are those set
+        now. Refused while this context's previous enqueue, on another stream, is unfinished (its activation
+        memory is in use, NvInferRuntime.h @v10.3.0 L3653-3656)."""
         record = self.engine.record
+        if self.profile is None:
+            return self._fail("enqueueV3: this context has no optimization profile")
         for tensor in record["inputs"]:
             if tensor["name"] not in self.shapes:
                 return self._fail(f"enqueueV3: input '{tensor['name']}' has no shape")
         missing = [n for n in self.engine.names if n not in self.addresses]
         if missing:
             return self._fail(f"enqueueV3: no address for {missing}")
+        if self.streams and self.streams[-1] != stream_handle and DEVICE.busy(self.streams[-1]):
+            return self._fail(f"enqueueV3: this context's enqueue on stream {self.streams[-1]:#x} has not finished; "
+                              "one context runs one inference at a time (use one context per stream)")
+        DEVICE.claim(stream_handle, list(self.addresses.values()), "enqueueV3")
+        shapes, addresses = dict(self.shapes), dict(self.addresses)
+        DEVICE.issue(stream_handle, lambda: self._execute(shapes, addresses))
+        self.streams.append(stream_handle)
+        self.calls.append(shapes[record["inputs"][0]["name"]][0])
+        return True
+
+    def _execute(self, shapes: Dict[str, Tuple[int, ...]], addresses: Dict[str, int]) -> None:
+        record = self.engine.record
         feeds = {}
         for tensor in record["inputs"]:
-            shape, dtype = self.shapes[tensor["name"]], np.dtype(NUMPY[tensor["dtype"]])
-            data = DEVICE.read(self.addresses[tensor["name"]], int(np.prod(shape)) * dtype.itemsize)
+            shape, dtype = shapes[tensor["name"]], np.dtype(NUMPY[tensor["dtype"]])
+            data = DEVICE.read(addresses[tensor["name"]], int(np.prod(shape)) * dtype.itemsize)
             feeds[tensor["name"]] = np.frombuffer(data, dtype=dtype).reshape(shape)
         names = [t["name"] for t in record["outputs"]]
         for name, value in zip(names, self.engine.session.run(names, feeds)):
             dtype = NUMPY[self.engine.tensors[name]["dtype"]]
-            if not DEVICE.write(self.addresses[name], np.ascontiguousarray(value, dtype=dtype).tobytes()):
-                return self._fail(f"enqueueV3: output '{name}' buffer too small")
-        self.calls.append(self.shapes[record["inputs"][0]["name"]][0])
-        self.engine.trt.log["executed"] = self.engine.trt.log.get("executed", 0) + self.calls[-1]
-        return True
-
-
-class _Device:
-    """Device memory of the fake: host bytearrays at 256-byte aligned fake addresses."""
-
-    def __init__(self) -> None:
-        self.buffers: Dict[int, bytearray] = {}
-        self.next = 0x10000
-
-    def alloc(self, nbytes: int) -> int:
-        address = self.next
-        self.buffers[address] = bytearray(nbytes)
-        self.next += (nbytes // ALIGNMENT + 2) * ALIGNMENT
-        return address
-
-    def write(self, address: int, data: bytes) -> bool:
-        buffer = self.buffers[address]
-        if len(data) > len(buffer):
-            return False
-        buffer[: len(data)] = data
-        return True
-
-    def read(self, address: int, nbytes: int) -> bytes:
-        buffer = self.buffers[address]
-        assert nbytes <= len(buffer), "read past the end of a device buffer"
-        return bytes(buffer[:nbytes])
-
-
-DEVICE = _Device()
-
-
-class FakeMemory:
-    """edgexfer's DeviceMemory interface over the fake device."""
-
-    name = "fake"
-    reason = "fake device memory (tests)"
-
-    def __init__(self) -> None:
-        self.freed: List[int] = []
-        self.closed = False
-
-    def alloc(self, nbytes: int) -> int:
-        return DEVICE.alloc(nbytes)
-
-    def free(self, handle: int) -> None:
-        self.freed.append(handle)
-
-    def pointer(self, handle: int) -> int:
-        return handle
-
-    def to_device(self, handle: int, array: np.ndarray) -> None:
-        assert DEVICE.write(handle, array.tobytes()), "write past the end of a device buffer"
-
-    def to_host(self, array: np.ndarray, handle: int) -> None:
-        array.reshape(-1).view(np.uint8)[:] = np.frombuffer(DEVICE.read(handle, array.nbytes), dtype=np.uint8)
-
-    def stream_handle(self) -> int:
-        return 7
-
-    def synchronize(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
+            assert DEVICE.write(addresses[name], np.ascontiguousarray(value, dtype=dtype).tobytes()), (
+                f"enqueueV3: output '{name}' buffer too small")
+        batch = shapes[record["inputs"][0]["name"]][0]
+        self.engine.trt.log["executed"] = self.engine.trt.log.get("executed", 0) + batch

@@ -6,19 +6,25 @@ optimization profile (min, opt, max) and binds every output. A batch is split in
 profile's maximum; a chunk below the profile's minimum is padded up to it and the padding is dropped
 from the logits. Every ``set_input_shape`` / ``set_tensor_address`` result is checked, as Polygraphy's
 TrtRunner does (backend/trt/runner.py @v10.3.0 L300-305), because both return False instead of raising.
+
+``infer`` runs on one execution context; ``infer_stream`` (``bench --mode throughput``, ``predict``) keeps
+several requests in flight on several contexts, each with its own CUDA stream and buffers, used round-robin,
+results in input order (:mod:`edgexfer.backends.trt_lanes`, which also says what TensorRT requires of that).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from collections import deque
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from edgexfer.backends import trt_devmem, trt_runtime
 from edgexfer.backends.base import Runner
-from edgexfer.backends.common import as_logits, check_batch, layout_of_shape
+from edgexfer.backends.common import check_batch, layout_of_shape
+from edgexfer.backends.trt_lanes import Lane, chunks, max_lanes
 from edgexfer.backends.trt_portability import require_compatible
 from edgexfer.errors import ArtifactError, StaleArtifactError
 
@@ -53,16 +59,25 @@ class TensorRTRunner(Runner):
         for warning in self.warnings:
             log.warning("engine %s: %s", self.engine_path.name, warning)
         engine = self._deserialize(trt, built)
+        self._read_io(trt, engine)
+        self._objects = {"engine": engine, "lanes": [], "version": str(trt.__version__)}
+        lane = self._new_lane()
+        self._objects["context"], self._objects["memory"] = lane.context, lane.memory  # what infer() uses
+
+    def _new_lane(self) -> Lane:
+        """One more execution context with its own stream and buffers (:class:`Lane`)."""
+        engine = self._objects["engine"]
         context = engine.create_execution_context()
         if context is None:  # out of device memory (Polygraphy checks it too: runner.py @v10.3.0 L203)
+            have = len(self._objects["lanes"])
             raise ArtifactError(
                 f"TensorRT could not create an execution context for '{self.engine_path.name}' "
-                "(out of GPU memory? see the TensorRT log above)"
+                + (f"beside the {have} it has (try fewer requests in flight, --in-flight {have}) " if have else "")
+                + "(out of GPU memory? see the TensorRT log above)"
             )
-        self._read_io(trt, engine)
-        memory = trt_devmem.device_memory(self.provider)
-        self._objects = {"engine": engine, "context": context, "memory": memory, "outputs": {}}
-        self._objects["d_in"] = memory.alloc(self._item_in * self.max_batch)
+        lane = Lane(self, context, trt_devmem.device_memory(self.provider), self._item_in * self.max_batch)
+        self._objects["lanes"].append(lane)
+        return lane
 
     def _deserialize(self, trt: Any, built: Dict[str, Any]) -> Any:
         logger = trt_runtime.trt_logger(trt)
@@ -103,7 +118,7 @@ class TensorRTRunner(Runner):
         self.input_name = inputs[0]
         self.logits_name = "logits" if "logits" in self.output_names else self.output_names[0]
         self.input_dtype = trt_runtime.numpy_dtype(trt, engine.get_tensor_dtype(self.input_name))
-        self._out_dtypes = {
+        self.output_dtypes = {
             n: np.dtype(trt_runtime.numpy_dtype(trt, engine.get_tensor_dtype(n))) for n in self.output_names
         }
         shape = [int(d) for d in engine.get_tensor_shape(self.input_name)]
@@ -115,14 +130,9 @@ class TensorRTRunner(Runner):
         self._item_in = int(np.prod([int(d) for d in high[1:]])) * np.dtype(self.input_dtype).itemsize
 
     def deactivate(self) -> None:
-        """Free device buffers, then the context and engine (order matters to TensorRT)."""
-        memory = self._objects.get("memory")
-        if memory is not None:
-            buffers = [self._objects.get("d_in")] + [b for b, _ in self._objects.get("outputs", {}).values()]
-            for handle in buffers:
-                if handle is not None:
-                    memory.free(handle)
-            memory.close()
+        """Wait for and free every lane (buffers, streams), then the contexts and engine (order matters)."""
+        for lane in self._objects.get("lanes", []):
+            lane.close()
         self._objects.clear()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -132,63 +142,78 @@ class TensorRTRunner(Runner):
         array = check_batch(
             batch, self.input_dtype, self.input_layout, self._spatial, f"engine '{self.engine_path.name}'"
         )
-        outputs = []
-        for start in range(0, array.shape[0], self.max_batch):
-            chunk = array[start : start + self.max_batch]
-            count = chunk.shape[0]
-            if count < self.min_batch:  # repeat the last image: same value range, dropped below
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.min_batch - count, axis=0)])
-            outputs.append(self._run(np.ascontiguousarray(chunk))[:count])
-        return np.concatenate(outputs)
+        return np.concatenate([self._run(chunk)[:count] for chunk, count in
+                               chunks(array, self.min_batch, self.max_batch)])
 
     def _run(self, array: np.ndarray) -> np.ndarray:
-        objects = self._objects
-        context, memory = objects["context"], objects["memory"]
-        who = f"engine '{self.engine_path.name}'"
-        if not context.set_input_shape(self.input_name, tuple(array.shape)):
-            raise ArtifactError(
-                f"TensorRT refused input shape {tuple(array.shape)} for {who} (profile batch "
-                f"{self.min_batch}..{self.max_batch}; see the TensorRT log above)"
-            )
-        memory.to_device(objects["d_in"], array)
-        self._bind(context, self.input_name, memory.pointer(objects["d_in"]))
-        hosts = {name: self._output_buffer(context, memory, name) for name in self.output_names}
-        if not context.execute_async_v3(memory.stream_handle()):
-            raise ArtifactError(f"TensorRT failed to run {who} (see the TensorRT log above)")
-        for name, host in hosts.items():
-            memory.to_host(host, objects["outputs"][name][0])
-        memory.synchronize()
-        return as_logits(hosts[self.logits_name], array.shape[0], who)
+        lane = self._objects["lanes"][0]
+        lane.submit(array)
+        return lane.collect()
 
-    def _output_buffer(self, context: Any, memory: Any, name: str) -> np.ndarray:
-        """A host array for output ``name`` at the current input shape, its device buffer bound."""
-        shape = tuple(int(d) for d in context.get_tensor_shape(name))
-        if any(d < 0 for d in shape):
-            raise ArtifactError(
-                f"engine '{self.engine_path.name}' output '{name}' has a data-dependent shape {shape}; "
-                "edgexfer runs classifiers with fixed-size outputs"
-            )
-        host = np.empty(shape, dtype=self._out_dtypes[name])
-        handle, capacity = self._objects["outputs"].get(name, (None, 0))
-        if host.nbytes > capacity:
-            if handle is not None:
-                memory.free(handle)
-            handle, capacity = memory.alloc(max(host.nbytes, 1)), host.nbytes
-            self._objects["outputs"][name] = (handle, capacity)
-        self._bind(context, name, memory.pointer(handle))
-        return host
+    def default_in_flight(self) -> int:
+        """Two contexts (one enqueued while the other's results come back) where contexts may share the
+        engine's profile (TensorRT >= 9), else one."""
+        return 2 if self.lane_limit(2) == 2 else 1
 
-    def _bind(self, context: Any, name: str, address: int) -> None:
-        if not context.set_tensor_address(name, address):
-            raise ArtifactError(
-                f"TensorRT refused the device address of '{name}' for engine '{self.engine_path.name}'"
-            )
+    def lane_limit(self, wanted: int) -> int:
+        """``wanted`` contexts, or fewer where this TensorRT runs fewer at once on one engine
+        (:func:`~edgexfer.backends.trt_lanes.max_lanes`)."""
+        if not self._objects:
+            raise RuntimeError("TensorRTRunner used outside 'with runner:'")
+        limit = max_lanes(self._objects["version"], getattr(self._objects["engine"], "num_optimization_profiles", 1))
+        return max(1, wanted if limit is None else min(wanted, limit))
+
+    def infer_stream(self, batches: Iterable[np.ndarray], in_flight: int = 0) -> Iterator[np.ndarray]:
+        """Logits of every batch in input order, ``in_flight`` execution contexts (0: two where TensorRT
+        allows) each with its own stream and buffers, used round-robin: the oldest request is collected
+        before its context takes the next chunk."""
+        count = self.lane_limit(in_flight or self.default_in_flight())
+        lanes = self._objects["lanes"]
+        while len(lanes) < count:
+            self._new_lane()
+        where = f"engine '{self.engine_path.name}'"
+        pending: Deque[Tuple[Lane, int, bool]] = deque()  # (lane, real rows, last chunk of its batch)
+        done: List[np.ndarray] = []
+        turn = 0
+        try:
+            for batch in batches:
+                array = check_batch(batch, self.input_dtype, self.input_layout, self._spatial, where)
+                pieces = chunks(array, self.min_batch, self.max_batch)
+                for index, (chunk, rows) in enumerate(pieces):
+                    lane = lanes[turn % count]
+                    turn += 1
+                    if lane.pending is not None:  # round-robin: it holds the oldest request
+                        ready = self._collect(pending, done)
+                        if ready is not None:
+                            yield ready
+                    lane.submit(chunk)
+                    pending.append((lane, rows, index == len(pieces) - 1))
+            while pending:
+                ready = self._collect(pending, done)
+                if ready is not None:
+                    yield ready
+        finally:
+            for lane, _, _ in pending:  # stopped early: no request outlives this call
+                if lane.pending is not None:
+                    lane.collect()
+
+    @staticmethod
+    def _collect(pending: Deque[Tuple[Lane, int, bool]], done: List[np.ndarray]) -> Optional[np.ndarray]:
+        """Collect the oldest request; the logits of its batch once its last chunk is in, else None."""
+        lane, rows, last = pending.popleft()
+        done.append(lane.collect()[:rows])
+        if not last:
+            return None
+        logits = np.concatenate(done)
+        done.clear()
+        return logits
 
     def describe(self) -> Dict[str, Any]:
         """Runner facts plus the engine's build record, profile and warnings."""
         facts = super().describe()
         build = self.sidecar.get("build", {})
-        memory = self._objects.get("memory")
+        lanes = self._objects.get("lanes") or []
+        memory = lanes[0].memory if lanes else None
         facts.update(
             {
                 "engine": str(self.engine_path),
@@ -199,6 +224,7 @@ class TensorRTRunner(Runner):
                 "device_memory": getattr(memory, "name", self.provider),
                 "device_memory_reason": getattr(memory, "reason", ""),
                 "warnings": list(self.warnings),
+                "execution_contexts": len(lanes),
             }
         )
         return facts

@@ -50,6 +50,8 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> BenchConfig:
         mode=params["mode"],
         in_flight=params["in_flight"],
         decode_workers=params["decode_workers"],
+        frame=params["frame"],
+        frame_format=params["frame_format"],
     )
 
 
@@ -122,6 +124,12 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> BenchConfig:
               help="Requests in flight for --mode throughput (0: the runtime's choice).")
 @click.option("--decode-workers", type=int, default=_DEFAULTS["decode_workers"], show_default=True,
               help="Decode threads of the pipelined stream (0: up to 4).")
+@click.option("--frame", default=None, metavar="HxW",
+              help="Also export, build and bench each --model as a raw-frame model (export --uint8-input "
+                   "--frame HxW): fed decoded camera frames of this size, preprocessing in its graph. With --run: "
+                   "bench the run's frame builds of this size only.")
+@click.option("--frame-format", type=click.Choice(["rgb", "bgr"], case_sensitive=False), default="rgb",
+              show_default=True, help="Channel order of the --frame models' input (OpenCV delivers bgr).")
 def bench(**_: Any) -> None:
     """Latency matrix on this machine: model alone and end to end, with the machine recorded.
 

@@ -22,6 +22,7 @@ def config_from_params(params: Mapping[str, Any], progress: bool) -> Any:
         threads=params["threads"],
         provider=params["provider"],
         workers=params["workers"],
+        in_flight=params["in_flight"],
         list_file=params["list_file"],
         video=params["video"],
         progress=progress,
@@ -46,6 +47,11 @@ def config_from_params(params: Mapping[str, Any], progress: bool) -> Any:
 @click.option(
     "--workers", type=int, default=None,
     help="Decode threads working ahead of inference (default: up to 4; 0 decodes on the inference thread).",
+)
+@click.option(
+    "--in-flight", type=int, default=0, show_default=True,
+    help="Batches inferred at once (OpenVINO async requests, ONNX Runtime concurrent runs, TensorRT "
+    "execution contexts); 0: the runtime's choice (1 with --workers 0 or one batch of images).",
 )
 @click.option(
     "--list", "list_file", type=click.Path(path_type=str), default=None,
@@ -89,7 +95,7 @@ def predict(**params: Any) -> None:
     # Where the answer came from, and what to do next; on stderr for --json/--jsonl so stdout stays data.
     click.echo(
         f"predicted {result.images} image(s) with {result.artifact} ({result.backend}) at "
-        f"{result.path}: {result.images_per_s:.1f} images/s",
+        f"{result.path}: {result.images_per_s:.1f} images/s ({result.in_flight} in flight)",
         err=machine,
     )
     click.echo("next: edgexfer verify RUN_DIR for accuracy parity, or edgexfer bench for latency", err=machine)

@@ -7,9 +7,11 @@ the artifact's own metadata (ONNX ``metadata_props``, the sidecar JSON of an eng
 checkpoint), so nothing else is needed.
 
 Images are given as files, folders (their image files, sorted), glob patterns (``'photos/*.jpg'``,
-quoted so the shell leaves them) or a list file (``list_file``: one path per line). They are streamed:
-``workers`` threads decode and preprocess the images ahead of inference (at most two batches ahead, so
-memory does not grow with the number of images) while the runner infers the current batch; results come
+quoted so the shell leaves them) or a list file (``list_file``: one path per line). They are streamed
+(:func:`edgexfer.stream.pipelined`, the same pipeline ``bench --mode throughput`` times): ``workers``
+threads decode and preprocess the images ahead of inference (a bounded window, so memory does not grow
+with the number of images) while ``in_flight`` batches run through the runner's ``infer_stream`` at once
+(OpenVINO asynchronous requests, ONNX Runtime concurrent runs, TensorRT execution contexts); results come
 out in input order, to ``on_prediction`` as each batch finishes where one is given. Before the model is
 loaded every file is opened once (header only): a missing file or one that is not an image fails with
 one line before any inference. A file whose header reads but whose pixel data is corrupt fails with the
@@ -28,7 +30,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgexfer.errors import ArtifactError, ConfigError, DataError
+from edgexfer.errors import ArtifactError, ConfigError
+from edgexfer.stages.predict_inputs import (  # noqa: F401  (part of this stage's interface)
+    ModelInfo,
+    check_images,
+    expand_images,
+    load_options,
+    model_info,
+    read_list_file,
+    resolve_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,7 @@ class PredictConfig:
     threads: Optional[int] = None
     provider: Optional[str] = None
     workers: Optional[int] = None
+    in_flight: int = 0
     list_file: Optional[Path] = None
     video: Optional[str] = None
     progress: bool = False
@@ -63,6 +75,8 @@ class PredictConfig:
             )
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be >= 0 (0: decode on the inference thread), got {self.workers}")
+        if self.in_flight < 0:
+            raise ConfigError(f"--in-flight must be >= 0 (0: the runtime's choice), got {self.in_flight}")
         if self.top_k < 1:
             raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
         if self.batch_size < 1:
@@ -75,16 +89,6 @@ class PredictConfig:
 
 
 @dataclass
-class ModelInfo:
-    """What predict needs to know about a model: class names, preprocessing, and the raw frame it takes
-    (``frame``: an :class:`edgexfer.frames.FrameSpec`) where it was exported with ``--frame``."""
-
-    class_names: List[str]
-    preprocess: Any
-    frame: Any = None
-
-
-@dataclass
 class PredictResult:
     """Predictions per image: ``[{"image", "top": [{"class", "index", "score"}]}]`` plus the artifact used."""
 
@@ -94,6 +98,7 @@ class PredictResult:
     predictions: List[Dict[str, Any]] = field(default_factory=list)
     images: int = 0
     seconds: float = 0.0
+    in_flight: int = 1
 
     @property
     def images_per_s(self) -> float:
@@ -110,151 +115,8 @@ class PredictResult:
             "images": self.images,
             "seconds": round(self.seconds, 4),
             "images_per_s": round(self.images_per_s, 2),
+            "in_flight": self.in_flight,
         }
-
-
-def model_info(path: Path) -> ModelInfo:
-    """Class names and preprocessing of any artifact file, from its checkpoint, ONNX metadata or sidecar."""
-    from edgexfer.backends.base import REFERENCE_BACKEND, backend_for_file
-    from edgexfer.backends.sidecar import artifact_metadata
-    from edgexfer.onnxmeta import parse_props
-
-    path = Path(path)
-    if backend_for_file(path) == REFERENCE_BACKEND:  # the reference runs the checkpoint itself
-        from edgexfer.checkpoint import meta_from_payload, read_checkpoint_file
-
-        meta = meta_from_payload(read_checkpoint_file(path), str(path))
-        return ModelInfo(list(meta.class_names), meta.preprocess)
-    from edgexfer.frames import frame_spec
-
-    props = artifact_metadata(path)
-    meta = parse_props(props, source=f"'{path}'")
-    return ModelInfo(list(meta.class_names), meta.preprocess, frame_spec(props))
-
-
-def expand_images(paths: Sequence[Path], list_file: Optional[Path] = None) -> List[Path]:
-    """Image files as given; a folder contributes the image files under it (sorted); a path that does
-    not exist but has glob characters (``* ? [``) the image files it matches (sorted, ``**`` recursive);
-    then the paths in ``list_file`` (one per line, relative to the current folder; blank lines and
-    ``#`` comments skipped)."""
-    import glob
-
-    from edgexfer.preprocess import is_image_file
-
-    files: List[Path] = []
-    for path in list(paths) + read_list_file(list_file):
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p.name))
-            if not found:
-                raise DataError(f"folder '{path}' has no image files (.jpg, .png, ...)")
-            files.extend(found)
-        elif not path.exists() and glob.has_magic(str(path)):
-            found = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
-                           if os.path.isfile(p) and is_image_file(os.path.basename(p)))
-            if not found:
-                raise DataError(f"pattern '{path}' matches no image files (.jpg, .png, ...)")
-            files.extend(found)
-        else:
-            files.append(path)
-    return files
-
-
-def read_list_file(list_file: Optional[Path]) -> List[Path]:
-    """The image paths a list file names (one per line), or [] without one."""
-    if list_file is None:
-        return []
-    try:
-        lines = Path(list_file).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read the image list '{list_file}' ({exc}); expected a text file with one "
-                        "image path per line") from exc
-    paths = [Path(line.strip()) for line in lines if line.strip() and not line.strip().startswith("#")]
-    if not paths:
-        raise DataError(f"image list '{list_file}' names no images; expected one image path per line")
-    return paths
-
-
-def check_images(files: Sequence[Path]) -> None:
-    """Open every file's header (no decoding, nothing kept): one DataError for the first missing file or
-    non-image, before a model is loaded. Corrupt pixel data shows when the image is decoded."""
-    from PIL import Image
-
-    from edgexfer.preprocess import load_image
-
-    for file in files:
-        try:
-            with Image.open(file):
-                pass
-        except Exception:  # noqa: BLE001 - load_image turns every failure into its one-line DataError
-            load_image(file)
-            raise
-
-
-# ---- choosing the artifact ----------------------------------------------------------------------
-def resolve_target(config: PredictConfig) -> Tuple[str, str, Path]:
-    """(artifact name, backend, path) for the config's target."""
-    from edgexfer.backends.base import backend_for_file, known_suffixes
-
-    target = config.target
-    if target.is_dir():
-        return _from_run_dir(target, config.artifact, config.backend)
-    if config.artifact:
-        raise ConfigError("--artifact NAME picks from a run directory; with a file path, leave it out")
-    if not target.exists():
-        raise ArtifactError(
-            f"'{target}' does not exist; pass a run directory or a {'/'.join(known_suffixes())} file"
-        )
-    backend = config.backend or backend_for_file(target)
-    if backend is None:
-        raise ConfigError(
-            f"cannot tell which runtime runs '{target.name}'; expected a run directory or a file "
-            f"ending in {', '.join(known_suffixes())}"
-        )
-    return target.name, backend, target
-
-
-def _from_run_dir(run_dir: Path, artifact: Optional[str], backend: Optional[str]) -> Tuple[str, str, Path]:
-    from edgexfer.backends.base import ARTIFACT_PREFERENCE, artifact_target, get_backend
-    from edgexfer.manifest import Manifest
-
-    manifest = Manifest.open(run_dir)
-    if artifact:
-        record = manifest.require(artifact)
-        return artifact, backend or artifact_target(artifact, record)[0], manifest.run_dir / record.path
-    skipped = []
-    for name in ARTIFACT_PREFERENCE:
-        if not manifest.has(name):
-            continue
-        chosen = backend or artifact_target(name, manifest.get(name))[0]
-        if not manifest.is_fresh(name):
-            skipped.append(f"{name} (stale)")
-            continue
-        ok, reason = get_backend(chosen).availability()
-        if not ok:
-            skipped.append(f"{name} ({reason})")
-            continue
-        if skipped:
-            log.info("predict: skipped %s", "; ".join(skipped))
-        return name, chosen, manifest.path_of(name)
-    have = ", ".join(sorted(manifest.artifacts)) or "none"
-    why = f"; skipped: {'; '.join(skipped)}" if skipped else ""
-    raise ArtifactError(
-        f"run '{run_dir}' has no ONNX model or built artifact usable here (it has: {have}){why}; "
-        f"run 'edgexfer export {run_dir}' first"
-    )
-
-
-def load_options(config: PredictConfig, backend: Any, name: str) -> Dict[str, Any]:
-    """The options to load ``name`` with; ``--provider`` only for a backend that declares providers."""
-    options: Dict[str, Any] = {"threads": config.threads} if config.threads else {}
-    if config.provider:
-        if "providers" not in backend.load_options:
-            raise ConfigError(
-                f"--provider chooses an execution provider, which backend '{backend.name}' (running "
-                f"'{name}') does not have; leave it out, or pick an artifact ONNX Runtime runs"
-            )
-        options["providers"] = [config.provider]
-    return options
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -280,6 +142,17 @@ def decode_workers(config: PredictConfig) -> int:
     return config.workers if config.workers is not None else min(4, os.cpu_count() or 1)
 
 
+def requests_in_flight(config: PredictConfig, total: Optional[int], batch: int) -> int:
+    """Batches inferred at once: ``--in-flight``; else 1 with ``--workers 0`` (decode, then infer, on one
+    thread: the sequential path) or when all the images fit in one batch (nothing to overlap), else 0 (the
+    runtime's choice, :meth:`Runner.default_in_flight`)."""
+    if config.in_flight:
+        return config.in_flight
+    if decode_workers(config) == 0 or (total is not None and total <= batch):
+        return 1
+    return 0
+
+
 def run_predict(
     config: PredictConfig, on_prediction: Optional[Callable[[Dict[str, Any]], None]] = None
 ) -> PredictResult:
@@ -294,7 +167,7 @@ def run_predict(
     from tqdm import tqdm
 
     from edgexfer.backends.base import get_backend
-    from edgexfer.prefetch import chunked, ordered_prefetch
+    from edgexfer.stream import pipelined
 
     name, backend_name, path = resolve_target(config)
     info = model_info(path)
@@ -316,35 +189,36 @@ def run_predict(
     emit = on_prediction or result.predictions.append
     with backend.load(path, options) as runner:
         prepare = partial(convert, info=info, dtype=runner.input_dtype, layout=runner.input_layout)
-        rows = ordered_prefetch(prepare, items, decode_workers(config), window=2 * config.batch_size)
+        batch = min(config.batch_size, int(getattr(runner, "max_batch", None) or config.batch_size))
+        # Resolved before the clock starts: OpenVINO compiles its THROUGHPUT-hinted model here.
+        in_flight = requests_in_flight(config, total, batch) or runner.default_in_flight()
+        if in_flight > 1:
+            runner.default_in_flight()
         start = time.perf_counter()
         with tqdm(total=total, desc="predict", unit="img", disable=not config.progress, leave=False) as bar:
-            for chunk in chunked(rows, config.batch_size):
-                logits = np.asarray(runner.infer(np.stack([row for _, row in chunk])))
+            for chunk, logits in pipelined(runner, prepare, items, batch, decode_workers(config), in_flight):
                 if logits.shape[1] != len(info.class_names):
                     raise ArtifactError(
                         f"'{path}' outputs {logits.shape[1]} scores but its metadata names "
                         f"{len(info.class_names)} classes; re-export the model"
                     )
-                for (item, _), top in zip(chunk, top_k(softmax(logits), info.class_names, config.top_k)):
+                for item, top in zip(chunk, top_k(softmax(logits), info.class_names, config.top_k)):
                     emit(dict({"image": label(item), "top": top},
                               **({"frame": item[0]} if config.video is not None else {})))
                 result.images += len(chunk)
                 bar.update(len(chunk))
+                if config.progress and result.images:
+                    bar.set_postfix_str(f"{result.images / (time.perf_counter() - start):.1f} img/s")
         result.seconds = time.perf_counter() - start
+        result.in_flight = int(in_flight)
     return result
 
 
 def _image_row(file: Path, info: ModelInfo, dtype: Any, layout: str) -> np.ndarray:
-    """One image file -> one row of the runner's input (runs on a decode thread): a raw frame for a frame
-    model (the file resized to the frame only if its size differs, :func:`edgexfer.frames.load_frame`),
-    else the preprocessed image."""
-    from edgexfer.frames import load_frame
-    from edgexfer.preprocess import image_to_input
+    """One image file -> one row of the runner's input (runs on a decode thread, :func:`edgexfer.stream.file_row`)."""
+    from edgexfer.stream import file_row
 
-    if info.frame is not None:
-        return load_frame(file, info.frame)
-    return image_to_input(info.preprocess.open(file), info.preprocess, dtype, layout)
+    return file_row(file, info.preprocess, info.frame, dtype, layout)
 
 
 def _video_row(item: Tuple[int, np.ndarray], info: ModelInfo, dtype: Any, layout: str) -> np.ndarray:

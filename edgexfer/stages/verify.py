@@ -2,7 +2,9 @@
 
 For each built artifact (``<backend>_<precision>`` records of the build stage) and the float
 reference (edgexfer.reference), the same labelled images are run batched, each with the input the artifact takes (float
-NCHW, or uint8 pixels for ``--uint8-input`` models). Per artifact it reports top-1/top-5, the drop
+NCHW, uint8 pixels for ``--uint8-input`` models, or for a raw-frame model (``--frame``, ``onnx_frame``
+included by default) each image made into a frame of its size and channel order as predict makes it:
+:class:`~edgexfer.stages.verify_data.FrameInputs`). Per artifact it reports top-1/top-5, the drop
 against the reference with a paired-bootstrap confidence interval and McNemar's test, prediction
 agreement, per-class deltas, logit cosine similarity and SNR (:mod:`edgexfer.parity`), and latency
 percentiles. A gate (:class:`edgexfer.parity.Gates`: top-1 drop, on the point or its CI, agreement,
@@ -223,18 +225,19 @@ def verify_target(
         # Hash and provenance first: a stale artifact is reported like one that fails to load. The one
         # manifest of this verify memoises hashes, so a shared input (checkpoint, ONNX) is hashed once.
         manifest.require(target.name)
-        if _takes_frames(target.path):
-            entry.update(status="skipped", error=(
-                f"'{target.name}' takes raw camera frames (export --frame); verify feeds preprocessed images, "
-                "so it is not compared here: its parity with the host preprocessing is in the export record "
-                "(max grey levels, logit cosine, top-1 agreement), and predict / bench run it"))
-            return entry
+        frame = _frame_of(target.path)
+        feed: Any = inputs if frame is None else inputs.frames(frame)
+        if frame is not None:
+            entry["frame"] = frame.to_dict()
+            entry["note"] = (f"takes raw {frame.text} {frame.channel_order.upper()} frames: each image was scaled to "
+                             "cover the frame and centre-cropped (as predict feeds it), then the model's own graph "
+                             "resized, cropped and normalised it; its figures include that preprocessing's difference.")
         backend = get_backend(target.backend)
         backend.require_available()
         with backend.load(target.path, config.load_options()) as runner:
             entry["runner"] = runner.describe()
             entry["input"] = {"dtype": np.dtype(runner.input_dtype).name, "layout": runner.input_layout}
-            logits = run_logits(runner, inputs, config.batch_size, config.progress, target.name)
+            logits = run_logits(runner, feed, config.batch_size, config.progress, target.name)
             if logits.shape != ref_logits.shape:
                 raise ArtifactError(
                     f"artifact '{target.name}' returns {logits.shape[1]} classes per image, "
@@ -247,7 +250,7 @@ def verify_target(
                 )
             )
             entry["latency"] = (
-                measure_latency(runner, inputs, config.latency_batch, config.timing()) if config.latency else None
+                measure_latency(runner, feed, config.latency_batch, config.timing()) if config.latency else None
             )
     except BackendUnavailableError as exc:
         if target.requested:
@@ -259,15 +262,16 @@ def verify_target(
     return entry
 
 
-def _takes_frames(path: Any) -> bool:
-    """Whether an artifact's metadata says it takes raw frames (:mod:`edgexfer.frames`)."""
+def _frame_of(path: Any) -> Any:
+    """The raw frame an artifact takes (:class:`edgexfer.frames.FrameSpec`, from its metadata), or None for
+    a model fed preprocessed images. Unreadable metadata is None here: loading the artifact reports it."""
     from edgexfer.backends.sidecar import artifact_metadata
     from edgexfer.frames import frame_spec
 
     try:
-        return frame_spec(artifact_metadata(path)) is not None
-    except EdgexferError:  # unreadable metadata: loading it below reports that
-        return False
+        return frame_spec(artifact_metadata(path))
+    except EdgexferError:
+        return None
 
 
 def _reference(

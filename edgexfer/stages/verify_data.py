@@ -26,9 +26,14 @@ class Target:
 
 
 # ---- selecting artifacts -------------------------------------------------------------------------
+# Export-stage models verified without being named: the float raw-frame model (its in-graph resize,
+# crop and normalisation against the reference's host preprocessing, on the same images).
+DEFAULT_EXPORT_TARGETS = ("onnx_frame",)
+
+
 def built_targets(manifest: Any, config: Any) -> List[Target]:
-    """The build-stage artifacts to verify, filtered by ``--backends`` / ``--artifact``; an export-stage
-    ONNX model is verified when named with ``--artifact``."""
+    """The build-stage artifacts and ``onnx_frame`` to verify, filtered by ``--backends`` / ``--artifact``;
+    another export-stage ONNX model is verified when named with ``--artifact``."""
     from edgexfer.backends.base import BACKENDS
 
     for backend in config.backends or ():
@@ -37,7 +42,8 @@ def built_targets(manifest: Any, config: Any) -> List[Target]:
     targets = []
     for name, record in sorted(manifest.artifacts.items()):
         explicit = config.artifacts is not None and name in config.artifacts
-        if (record.stage != "build" and not explicit) or (config.artifacts is not None and not explicit):
+        default = record.stage == "build" or name in DEFAULT_EXPORT_TARGETS
+        if (not default and not explicit) or (config.artifacts is not None and not explicit):
             continue
         backend, precision = _runnable(name, record)
         if config.backends is not None and backend not in config.backends:
@@ -163,6 +169,8 @@ class InputCache:
         from tqdm import tqdm
 
         self.preprocess = preprocess
+        self.samples, self.indices = samples, indices  # the raw images, for frame models (frames())
+        self._frames: Dict[Any, FrameInputs] = {}
         samples = samples.for_preprocess(preprocess)
         self.labels = np.empty(len(indices), dtype=np.int64)
         self.pixels = np.empty((len(indices), 3, preprocess.size, preprocess.size), dtype=np.uint8)
@@ -172,6 +180,7 @@ class InputCache:
             image, label = samples[int(index)]
             self.pixels[row] = preprocess.to_uint8(image, "NCHW")
             self.labels[row] = int(label)
+        self.progress = progress
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -182,6 +191,57 @@ class InputCache:
         if np.dtype(dtype) != np.uint8:
             pixels = self.preprocess.normalize(pixels, "NCHW")
         return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1) if layout == "NHWC" else pixels)
+
+
+    def frames(self, spec: Any) -> "FrameInputs":
+        """The same images as raw frames of ``spec`` (for a model exported with ``--frame``), made once."""
+        if spec not in self._frames:
+            self._frames[spec] = FrameInputs(self.samples, self.indices, spec, self.progress)
+        return self._frames[spec]
+
+
+class FrameInputs:
+    """The held-out images as a raw-frame model takes them, prepared as ``predict`` prepares an image for
+    it (:func:`edgexfer.frames.load_frame`: scaled to cover the frame, centre-cropped, uint8 ``H x W x 3``
+    in the model's channel order), in the same order as :class:`InputCache`'s rows and labels.
+
+    Frames are kept when they all fit in :data:`FRAME_CACHE_BYTES` (decoded once, shared by every frame
+    model of that size); otherwise each batch is decoded when asked for.
+    """
+
+    def __init__(self, samples: Any, indices: np.ndarray, spec: Any, progress: bool):
+        self.samples, self.indices, self.spec = samples, indices, spec
+        self.cached: Optional[np.ndarray] = None
+        if len(indices) * spec.height * spec.width * 3 <= FRAME_CACHE_BYTES:
+            from tqdm import tqdm
+
+            rows = tqdm(range(len(indices)), desc=f"frames {spec.text}", unit="img", disable=not progress,
+                        leave=False)
+            self.cached = np.stack([self._frame(row) for row in rows])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _frame(self, row: int) -> np.ndarray:
+        from edgexfer.frames import image_to_frame, load_frame
+
+        index = int(self.indices[row])
+        if self.samples.paths:
+            return load_frame(self.samples.paths[index], self.spec)
+        return image_to_frame(self.samples.image(index), self.spec)
+
+    def batch(self, start: int, stop: int, dtype: Any, layout: str) -> np.ndarray:
+        """Frames ``start:stop`` as ``(n, H, W, 3)`` uint8 (a frame model's only input format)."""
+        if np.dtype(dtype) != np.uint8 or layout != "NHWC":
+            raise ArtifactError(f"a {self.spec.text} frame model must take uint8 NHWC input, this one takes "
+                                f"{np.dtype(dtype).name} {layout}; re-export it with --uint8-input --frame")
+        if self.cached is not None:
+            return self.cached[start:stop]
+        return np.stack([self._frame(row) for row in range(start, min(stop, len(self)))])
+
+
+# Raw frames verify keeps in memory per frame size (beyond this, each batch is decoded when needed).
+FRAME_CACHE_BYTES = 512 * 1024 * 1024
 
 
 def subset_indices(total: int, limit: Optional[int]) -> np.ndarray:

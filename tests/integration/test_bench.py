@@ -285,7 +285,7 @@ def test_every_bench_option_reaches_the_config(tmp_path):
                "precision": ("int8",), "batch": ("2", "4"), "size": 64, "threads": 2, "uint8_input": False,
                "e2e": False, "min_time": 0.5, "min_iterations": 7, "work_dir": "w", "out": "o",
                "machine_name": "box", "calibration": "c", "mode": "throughput", "in_flight": 3,
-               "decode_workers": 2}
+               "decode_workers": 2, "frame": "240x320", "frame_format": "bgr"}
     assert set(changes) == set(base), "a bench option is missing from this walk"
     reference = to_dict(config_from_params(base, progress=False))
     for name, value in changes.items():
@@ -294,3 +294,39 @@ def test_every_bench_option_reaches_the_config(tmp_path):
         assert changed, f"--{name.replace('_', '-')} does not reach BenchConfig"
     config = config_from_params({**base, "batch": ("2,4", "8")}, progress=False)
     assert config.batch_sizes == (2, 4, 8)
+
+
+@pytest.mark.slow
+def test_bench_models_with_frame_also_make_and_bench_a_frame_model(tmp_path, cli_runner):
+    """--frame: the random-weight model is also exported as a raw-frame model (its own run directory), built
+    from it (float and INT8) and benched on frames next to the ordinary rows."""
+    args = list(_bench_args(tmp_path, "--frame", "72x96", "--frame-format", "BGR", "--mode", "throughput",
+                            batch="1"))
+    args[args.index("--backend") + 1] = "onnxruntime"
+    code, out, err = cli_runner(*args)
+    assert code == 0, err
+    rows = {(r["precision"], r.get("frame") is not None): r for r in
+            json.loads((tmp_path / "results" / "testbox.json").read_text())["results"]}
+    assert set(rows) == {("fp32", False), ("int8", False), ("fp32", True), ("int8", True)}
+    for precision in ("fp32", "int8"):
+        row = rows[(precision, True)]
+        assert row["status"] == "ok" and row["artifact"] == f"onnxruntime_{precision}_frame"
+        assert row["input"] == "uint8 72x96 bgr frame" and row["frame"] == {"height": 72, "width": 96, "format": "bgr"}
+        assert row["latency"]["p50_ms"] > 0 and row["pipelined"]["images_per_s"] > 0
+        assert rows[(precision, False)]["input"] == "uint8 NHWC"
+    frame_run = tmp_path / "work" / "resnet18-64-frame-72x96-bgr"
+    manifest = Manifest.open(frame_run)
+    assert manifest.get("onnxruntime_int8_frame").config["source"] == "onnx_int8_cpu_frame"
+    assert manifest.get("onnxruntime_fp32_frame").config["source"] == "onnx_frame"
+    assert Manifest.open(tmp_path / "work" / "resnet18-64").has("onnx_uint8")  # the ordinary export is intact
+    code, out, err = cli_runner("-q", "bench", "--run", str(frame_run), "--frame", "72x96", "--frame-format", "bgr",
+                                "--batch", "1", "--min-time", "0.05", "--min-iterations", "3", "--no-e2e",
+                                "--machine-name", "box", "--backend", "onnxruntime")
+    assert code == 0, err  # --run --frame: the run's frame builds of that frame (and its ordinary builds)
+    assert {r["artifact"] for r in json.loads((frame_run / "bench" / "box.json").read_text())["results"]} >= {
+        "onnxruntime_fp32_frame", "onnxruntime_int8_frame"}
+    code, out, err = cli_runner("bench", "--run", str(frame_run), "--frame", "72x96", "--out", str(tmp_path))
+    assert code == 2 and "has no raw-frame build of 72x96 rgb (frame builds: 72x96 bgr)" in err
+    code, out, err = cli_runner("bench", "--model", "resnet18", "--frame", "40x40", "--size", "64",
+                                "--out", str(tmp_path))
+    assert code == 2 and "smaller than the model's" in err

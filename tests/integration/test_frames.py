@@ -332,8 +332,8 @@ def test_predict_video_without_opencv_or_with_a_bad_video(colour, tmp_path, cli_
 @pytest.mark.slow
 def test_frame_builds_stand_beside_the_others_and_bench_and_verify_know_them(tmp_path, cli_runner):
     """build --source onnx_frame records <backend>_fp32_frame (its own files, smoke-checked on frames);
-    bench times it on frames (model alone, end to end and pipelined from frame-size JPEGs); verify skips it
-    with a line saying where its parity is."""
+    bench times it on frames (model alone, end to end and pipelined from frame-size JPEGs); verify runs it
+    (and onnx_frame) on frames of the held-out images."""
     from conftest import make_image_folder, make_run_dir
     from edgexfer.manifest import Manifest
     from edgexfer.stages.build import BuildConfig, run_build
@@ -365,7 +365,11 @@ def test_frame_builds_stand_beside_the_others_and_bench_and_verify_know_them(tmp
         assert row["e2e"]["p50_ms"] > 0 and row["pipelined"]["images_per_s"] > 0
         assert "frame" not in rows[f"{backend}_fp32"]
     code, out, err = cli_runner("verify", str(run), "--data", str(images), "--no-plots")
-    assert "onnxruntime_fp32_frame" in out and "takes raw camera frames" in out
+    entries = {e["name"]: e for e in json.loads((run / "verify" / "verify.json").read_text())["artifacts"]}
+    for name in ["onnx_frame"] + [f"{backend}_fp32_frame" for backend in backends]:
+        entry = entries[name]  # run on frames of the same images, measured next to the others
+        assert entry["frame"] == {"height": 72, "width": 96, "format": "bgr"} and name in out
+        assert entry["status"] in ("passed", "inconclusive") and entry["agreement"]["agreement_pct"] >= 80
 
 
 def _has(module: str) -> bool:

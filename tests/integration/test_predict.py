@@ -193,28 +193,36 @@ def test_workers_0_decodes_batch_by_batch_on_the_inference_thread(built, monkeyp
 def test_decode_threads_overlap_inference_and_results_keep_input_order(built, monkeypatch, tmp_path):
     from edgexfer.stages.predict import PredictConfig, run_predict
 
-    files = _numbered_copies(built["files"], tmp_path / "imgs", 12)
+    files = _numbered_copies(built["files"], tmp_path / "imgs", 24)
     reference = run_predict(PredictConfig(target=built["run"], images=tuple(files), artifact="onnx", workers=0))
     events = []
     # Later files decode faster, so threads finish them out of order; inference is slow enough to overlap.
-    _record(monkeypatch, events, decode_delay=lambda path: 0.002 * (12 - int(path.stem)), infer_delay=0.05)
+    _record(monkeypatch, events, decode_delay=lambda path: 0.002 * (24 - int(path.stem)), infer_delay=0.05)
     result = run_predict(PredictConfig(target=built["run"], images=tuple(files), artifact="onnx", batch_size=2,
-                                       workers=3))
+                                       workers=3, in_flight=2))
     assert [p["image"] for p in result.predictions] == [str(f) for f in files]
     assert result.predictions == reference.predictions  # same pixels, same scores, same order
+    assert result.in_flight == 2 and reference.in_flight == 1  # --workers 0: one batch after another
     decodes = [e for e in events if e[0] == "decode"]
     assert all(e[2].startswith("edgexfer-prefetch") for e in decodes)
     assert [e[1] for e in decodes] != sorted(e[1] for e in decodes)  # really finished out of order
-    # Decoding goes on while a batch is inferred ...
+    # Two batches are inferred at once (ONNX Runtime's concurrent runs through infer_stream) ...
+    running = most = 0
+    for event in events:
+        running += {"infer start": 1, "infer end": -1}.get(event[0], 0)
+        most = max(most, running)
+    assert most == 2
+    # ... decoding goes on while a batch is inferred ...
     first_start, first_end = events.index(("infer start", 2)), events.index(("infer end", 2))
     assert any(e[0] == "decode" for e in events[first_start:first_end])
-    # ... but never more than two batches (the window) ahead of the images inference has taken.
+    # ... but at most (2 in flight + the 3 batches of the decode window) x 2 images ahead of the images
+    # inference has started on.
     taken = 0
     for position, event in enumerate(events):
         if event[0] == "infer start":
             taken += event[1]
-            assert sum(e[0] == "decode" for e in events[:position]) <= taken + 4
-    assert result.images == 12 and result.images_per_s > 0
+            assert sum(e[0] == "decode" for e in events[:position]) <= taken + 2 * (2 + 3)
+    assert result.images == 24 and result.images_per_s > 0
 
 
 def test_glob_and_list_file_inputs_and_jsonl(cli_runner, built, tmp_path, monkeypatch):

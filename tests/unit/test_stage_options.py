@@ -21,7 +21,8 @@ VALUES: Dict[str, Dict[str, Any]] = {
     "build": {"backend": "openvino", "precision": "int8", "source": "onnx_int8_cpu", "min_batch": 1,
               "opt_batch": 1, "max_batch": 16, "dla_core": 0},
     "verify": {"backends": ["openvino"], "artifact": ["onnxruntime_int8"], "min_agreement": 95.0},
-    "bench": {"model": ["resnet18"], "backend": ["onnxruntime"], "precision": ["int8"], "batch": ["4"]},
+    "bench": {"model": ["resnet18"], "backend": ["onnxruntime"], "precision": ["int8"], "batch": ["4"],
+              "frame": "240x320"},
     "deploy": {"to": ["orin", "me@xavier:work"], "backend": "onnxruntime", "precision": ["int8"],
                "ssh_config": __file__},
 }

@@ -31,6 +31,8 @@ RUNTIME_MODULES = [
     "edgexfer.commands.doctor",
     "edgexfer.stages.build",
     "edgexfer.stages.predict",
+    "edgexfer.stages.predict_inputs",
+    "edgexfer.stream",
     "edgexfer.stages.verify",
     "edgexfer.stages.verify_data",
     "edgexfer.stages.verify_report",
@@ -44,6 +46,7 @@ RUNTIME_MODULES = [
     "edgexfer.backends.onnxruntime",
     "edgexfer.backends.openvino",
     "edgexfer.backends.tensorrt",
+    "edgexfer.backends.trt_lanes",
     "edgexfer.backends.torch",
 ]
 

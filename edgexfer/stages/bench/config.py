@@ -42,6 +42,31 @@ class BenchConfig:
     mode: str = "latency"
     in_flight: int = 0
     decode_workers: int = 0
+    frame: Optional[str] = None
+    frame_format: str = "rgb"
+
+    @property
+    def frame_spec(self) -> Any:
+        """The raw frame of ``--frame`` / ``--frame-format`` (:class:`edgexfer.frames.FrameSpec`), or None."""
+        from edgexfer.frames import FrameSpec
+
+        return None if self.frame is None else FrameSpec.parse(self.frame, self.frame_format)
+
+    def _check_frame(self) -> None:
+        """``--frame`` makes raw-frame models of the random-weight ``--model`` benches (uint8 input, a frame at
+        least the model's crop); with ``--run`` it picks the run's frame builds of that size."""
+        from edgexfer.frames import FRAME_FORMATS
+        from edgexfer.preprocess import Preprocess
+
+        if str(self.frame_format).lower() not in FRAME_FORMATS:
+            raise ConfigError(f"unknown --frame-format '{self.frame_format}'; choose rgb or bgr")
+        object.__setattr__(self, "frame_format", str(self.frame_format).lower())
+        spec = self.frame_spec
+        if self.run_dir is None:
+            if not self.uint8_input:
+                raise ConfigError("--frame benches models that take raw uint8 frames; drop --float-input")
+            spec.check_crop(Preprocess.imagenet(self.size, augment="none"))
+        object.__setattr__(self, "frame", spec.text)
 
     def __post_init__(self) -> None:
         for name in ("models", "batch_sizes", "precisions"):
@@ -70,6 +95,8 @@ class BenchConfig:
         if self.in_flight < 0 or self.decode_workers < 0:
             raise ConfigError(f"--in-flight and --decode-workers must be >= 0 (0: the runtime's / the "
                               f"machine's choice), got {self.in_flight} and {self.decode_workers}")
+        if self.frame is not None:
+            self._check_frame()
         if self.rounds < 1:
             raise ConfigError(f"--rounds must be >= 1, got {self.rounds}")
         if self.threads is not None and self.threads < 1:

@@ -73,14 +73,10 @@ def input_batch(pixels: np.ndarray, runner: Any, preprocess: Any) -> np.ndarray:
 
 
 def file_row(path: Path, runner: Any, preprocess: Any, frame: Any = None) -> np.ndarray:
-    """One image file as one row of ``runner``'s input: decoded and preprocessed, or for a raw-frame model
-    (``frame``) decoded into a frame of its size and channel order (resized only if its size differs)."""
-    from edgexfer.frames import load_frame
-    from edgexfer.preprocess import image_to_input
+    """One image file as one row of ``runner``'s input (:func:`edgexfer.stream.file_row`)."""
+    from edgexfer.stream import file_row as row
 
-    if frame is not None:
-        return load_frame(path, frame)
-    return image_to_input(preprocess.open(path), preprocess, runner.input_dtype, runner.input_layout)
+    return row(path, preprocess, frame, runner.input_dtype, runner.input_layout)
 
 
 def host_call(runner: Any, preprocess: Any, paths: List[Path], batch: int, frame: Any = None

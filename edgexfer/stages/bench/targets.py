@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 from edgexfer.errors import ConfigError
 from edgexfer.stages.bench.config import BenchConfig, BenchPlan, BenchTarget
@@ -58,6 +58,8 @@ def run_plan(run_dir: Path, backends: List[str], config: BenchConfig) -> BenchPl
         backend, precision = artifact_target(name, record)
         if backend in backends and precision in config.precisions:
             builds.append(build_target(run_dir, name, reference))
+    if config.frame is not None:
+        builds = _frame_builds(run_dir, builds, config.frame_spec)
     if not builds:  # the reference alone (or nothing, without torch) is no bench of this run
         raise ConfigError(
             f"run '{run_dir}' has no built artifacts to bench; build one first, e.g. "
@@ -65,3 +67,17 @@ def run_plan(run_dir: Path, backends: List[str], config: BenchConfig) -> BenchPl
         )
     timed_reference = reference.backend == REFERENCE_BACKEND and REFERENCE_BACKEND in backends
     return BenchPlan(([reference] if timed_reference else []) + builds)
+
+
+def _frame_builds(run_dir: Path, builds: List[BenchTarget], spec: Any) -> List[BenchTarget]:
+    """``--frame`` with ``--run``: the run's ordinary builds and its raw-frame builds of that frame (size and
+    channel order) only; a run without one is a ConfigError naming the frames it has."""
+    chosen = [b for b in builds if b.frame is None or b.frame == spec]
+    if any(b.frame is not None for b in chosen):
+        return chosen
+    have = sorted({f"{b.frame.text} {b.frame.channel_order}" for b in builds if b.frame is not None})
+    raise ConfigError(
+        f"run '{run_dir}' has no raw-frame build of {spec.text} {spec.channel_order} (frame builds: "
+        f"{', '.join(have) or 'none'}); build one with 'edgexfer build {run_dir} --source onnx_frame' after "
+        f"'edgexfer export {run_dir} --uint8-input --frame {spec.text} --frame-format {spec.channel_order}'"
+    )

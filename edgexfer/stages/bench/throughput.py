@@ -49,19 +49,17 @@ def model_stream(runner: Any, array: np.ndarray, in_flight: int) -> Callable[[fl
 
 def pipelined_stream(runner: Any, preprocess: Any, photos: List[Path], batch: int, in_flight: int,
                      workers: int, frame: Any = None) -> Callable[[float], Iterator[np.ndarray]]:
-    """Photo files (cycling) decoded on ``workers`` threads, batched, inferred, top-5 taken."""
+    """Photo files (cycling) through predict's pipeline (:func:`edgexfer.stream.pipelined`: decode on
+    ``workers`` threads, batches through ``infer_stream``), top-5 taken."""
     from edgexfer.metrics import topk_indices
-    from edgexfer.prefetch import chunked, ordered_prefetch
-    from edgexfer.stages.bench.inputs import file_row
+    from edgexfer.stream import file_row, pipelined
 
     def prepare(path: Path) -> np.ndarray:
-        return file_row(path, runner, preprocess, frame)
+        return file_row(path, preprocess, frame, runner.input_dtype, runner.input_layout)
 
     def stream(deadline: float) -> Iterator[np.ndarray]:
-        rows = ordered_prefetch(prepare, _until(deadline, itertools.cycle(photos)), workers,
-                                window=batch * max(2, in_flight + 1))
-        batches = (np.stack([row for _, row in chunk]) for chunk in chunked(rows, batch))
-        for logits in runner.infer_stream(batches, in_flight):
+        photos_until = _until(deadline, itertools.cycle(photos))
+        for _, logits in pipelined(runner, prepare, photos_until, batch, workers, in_flight):
             topk_indices(logits, 5)
             yield logits
 
