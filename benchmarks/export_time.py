@@ -13,6 +13,7 @@ tree does not have is simply not timed. Afterwards the kept models of each tree 
 recorded scores, and the calibration ranges side by side (the range caches of both runs).
 
     python benchmarks/export_time.py --code /tmp/old-tree --code . --label before --label after
+    python benchmarks/export_time.py --compare OLD_RUN NEW_RUN [--rescore]   # two finished runs' ranges/models
 """
 
 from __future__ import annotations
@@ -212,7 +213,19 @@ def main() -> None:
     parser.add_argument("--rescore", action="store_true", help="re-score every kept model on all held-out images")
     parser.add_argument("--work", type=Path, default=None, help="work folder to keep (default: a temp one)")
     parser.add_argument("--name", default="export_time_resnet18")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD_RUN", "NEW_RUN"),
+                        help="only compare two finished runs' ranges and kept models (e.g. runs timed at once)")
     args = parser.parse_args()
+    if args.compare:
+        old, new = args.compare
+        report = {"ranges_new_vs_old": compare_ranges(_cached_ranges(old), _cached_ranges(new))}
+        paths = {f"{run.name}/{p.stem[len('model_int8_'):]}": str(p)
+                 for run in (old, new) for p in sorted((run / "export").glob("model_int8_*.onnx"))}
+        if args.rescore:
+            report["rescored"] = rescore(paths, args, ROOT)
+        print(json.dumps(report, indent=1))
+        (RESULTS / f"{args.name}_compare.json").write_text(json.dumps(report, indent=1))
+        return
     codes = args.code or [ROOT]
     labels = args.label or [c.name for c in codes]
 
