@@ -179,9 +179,7 @@ def layer_table(
     float_model = onnx.load(os.fspath(float_path))
     qdq_path = Path(work_dir) / "evidence_qdq.onnx"
     onnx.save(qdq_model, os.fspath(qdq_path))
-    import hashlib
-
-    key = ("evidence-sqnr-profile", hashlib.sha256(qdq_model.SerializeToString()).hexdigest(), len(sqnr_inputs))
+    key = ("evidence-sqnr-profile", _graph_sha256(qdq_model), len(sqnr_inputs))
     if memo is None or key not in memo:
         activations, weights = layer_sqnr(float_path, qdq_path, sqnr_inputs)
         times = node_times_ms(qdq_path, sqnr_inputs[:1])
@@ -226,6 +224,19 @@ def layer_table(
         "latency_other_ms": round(other, 4),
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _graph_sha256(model: Any) -> str:
+    """sha256 of ``model`` without its metadata_props: the export stamps the kept model with its target's
+    metadata while another target (cpu, then openvino) may still hold the same model object."""
+    import hashlib
+
+    import onnx
+
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.metadata_props[:]
+    return hashlib.sha256(bare.SerializeToString()).hexdigest()
 
 
 def _ort_version() -> str:

@@ -150,7 +150,10 @@ def test_layer_table_reuses_known_logits_and_memoised_sqnr(tmp_path, monkeypatch
     first = evidence.layer_table(float_path, qdq_model, tmp_path, inputs, logits_of, float_logits, labels, top_k=1,
                                  int8_logits=int8_logits, memo=memo)
     assert len(runs) == 1 and calls["sqnr"] == 1  # only the float-layer variant ran, not the kept model itself
-    second = evidence.layer_table(float_path, qdq_model, tmp_path, inputs, logits_of, float_logits, labels, top_k=1,
+    stamped = onnx.ModelProto()
+    stamped.CopyFrom(qdq_model)
+    onnx.helper.set_model_props(stamped, {"target": "openvino"})  # what export's _write_int8 adds to the kept model
+    second = evidence.layer_table(float_path, stamped, tmp_path, inputs, logits_of, float_logits, labels, top_k=1,
                                   memo=memo)
     assert len(runs) == 3 and calls["sqnr"] == 1  # no known logits: the kept model ran; the SQNR came from memo
     assert first["layers"] == second["layers"] and first["int8_agreement"] == second["int8_agreement"]
