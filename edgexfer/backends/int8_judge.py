@@ -8,6 +8,12 @@ there (``BuilderFlag.FP16`` beside ``INT8``), not in fp32. So a backend that bui
 export target (:attr:`Backend.int8_target`) and sets :attr:`Backend.judges_int8` scores the candidates
 itself (its ``int8_judge(home)``: build an engine, run it) when it is usable here; when it is not, ONNX
 Runtime stands in and every record says so (``scored_on``, ``stand_in``).
+
+A stand-in judges on at most :data:`STAND_IN_IMAGES` of the held-out images (an even stride,
+:meth:`Int8Judge.judged`): TensorRT's symmetric S8 Q/DQ models run unfused on ONNX Runtime's CPU kernels,
+about ten times slower than the cpu target's fused ones, and made most of the export's time (issue 13,
+benchmarks/results/export_time_resnet18.md); a stand-in only approximates the engine anyway. The records
+say on how many images (``eval_images``, and ``judged_images`` of ``held_out_images`` in ``scoring``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 STAND_IN = "onnxruntime"
+STAND_IN_IMAGES = 128
 
 
 class Int8Judge:
@@ -36,10 +43,12 @@ class Int8Judge:
         stand_in: bool = False,
         float_precision: str = "fp32",
         facts: Optional[Dict[str, Any]] = None,
+        max_images: Optional[int] = None,
     ) -> None:
         self.target, self.scored_on, self.stand_in = target, scored_on, stand_in
         self.float_precision = float_precision
         self.facts: Dict[str, Any] = dict(facts or {})
+        self.max_images = max_images  # None: every held-out image
         self._run = run
 
     def __enter__(self) -> "Int8Judge":
@@ -54,6 +63,14 @@ class Int8Judge:
     def logits(self, model: Any, inputs: np.ndarray, batch_size: int) -> np.ndarray:
         """Float32 logits of the candidate ``model`` (a ModelProto) on ``inputs``."""
         return self._run(model, inputs, batch_size)
+
+    def judged(self, count: int) -> Optional[np.ndarray]:
+        """Indices of the ``count`` held-out images this judge scores on (an even stride, as the slice may
+        be ordered by class), recorded in :attr:`facts`; None when it takes them all."""
+        if self.max_images is None or count <= self.max_images:
+            return None
+        self.facts.update(judged_images=self.max_images, held_out_images=count)
+        return np.linspace(0, count - 1, self.max_images).round().astype(int)
 
     def describe(self) -> Dict[str, Any]:
         """What the manifest records about where the candidates were scored."""
@@ -81,6 +98,7 @@ def onnxruntime_judge(target: str, stand_in_for: Optional[str] = None, reason: s
         _onnxruntime_logits,
         stand_in=True,
         facts={"stand_in_for": stand_in_for, "stand_in_reason": reason},
+        max_images=STAND_IN_IMAGES,
     )
 
 

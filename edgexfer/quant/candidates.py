@@ -80,6 +80,8 @@ class CandidateModel:
     path: Path  # the model written into the request's work folder (runtimes load files)
     excluded: List[str] = field(default_factory=list)  # layers kept in float
     details: Dict[str, Any] = field(default_factory=dict)
+    # the logits its quantizer scored it by (on details["eval_images"] held-out images, details["scored_on"])
+    logits: Optional[np.ndarray] = field(default=None, repr=False)
 
 
 @dataclass
@@ -94,6 +96,7 @@ class CandidateScore:
     drop: float  # float top-1 minus this top-1, points
     images: int
     latency_ms: Optional[float] = None  # p50, batch 1; None when there was nothing to choose between
+    logits: Optional[np.ndarray] = field(default=None, repr=False)  # on the held-out images (the evidence reuses)
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-safe scores for the manifest."""
@@ -122,6 +125,30 @@ class Quantizer(abc.ABC):
     @abc.abstractmethod
     def quantize(self, target: str, request: QuantizeRequest) -> CandidateModel:
         """Quantize the request's float model for ``target``; write the model under ``request.work_dir``."""
+
+
+def installed_version(distribution: str) -> str:
+    """The installed version of the pip ``distribution`` ('' when it is not installed), without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return ""
+
+
+def package_availability(module: str, distribution: str, minimum: Tuple[int, ...]) -> Tuple[bool, str]:
+    """(usable, why) of an optional quantizer package: ``module`` importable (checked with ``find_spec``, not
+    imported: the vendor packages are slow to import) and ``distribution`` at least version ``minimum``."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        return False, f"{distribution} is not installed"
+    found = installed_version(distribution)
+    numbers = tuple(int(part) for part in found.split(".")[: len(minimum)] if part.isdigit())
+    if numbers < minimum:
+        return False, f"{distribution} {found} is older than {'.'.join(map(str, minimum))}"
+    return True, f"{distribution} {found}"
 
 
 def get_quantizer(name: str) -> Quantizer:

@@ -49,6 +49,7 @@ class Candidate:
     top1: float
     agreement: float
     snr_db: float
+    logits: Optional[np.ndarray] = field(default=None, repr=False)  # on the images it was scored on
 
     def scores(self) -> Dict[str, float]:
         """JSON-safe scores."""
@@ -67,6 +68,7 @@ class QuantizeOutcome:
     model: Any
     method: str
     metrics: Dict[str, Any] = field(default_factory=dict)
+    logits: Optional[np.ndarray] = None  # the kept model's, on every held-out image of the job (its scores')
 
 
 @dataclass
@@ -105,6 +107,7 @@ class QuantizeJob:
             topk_accuracy(logits, self.eval_labels[:count], 1),
             comparison.top1_agreement,
             comparison.snr_db,
+            logits,
         )
 
 
@@ -172,7 +175,7 @@ def quantize_target(job: QuantizeJob, recipe: QuantRecipe, judge: Any = None) ->
         "quantize_seconds": round(time.perf_counter() - started, 3),
         "opset": default_opset(best.model),
     }
-    return QuantizeOutcome(target=target, model=best.model, method=best.method, metrics=metrics)
+    return QuantizeOutcome(target=target, model=best.model, method=best.method, metrics=metrics, logits=best.logits)
 
 
 def _scoring(judge: Any) -> Dict[str, Any]:

@@ -21,7 +21,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from edgexfer.quant.candidates import CandidateModel, QuantizeRequest, Quantizer
+from edgexfer.quant.candidates import (
+    CandidateModel,
+    QuantizeRequest,
+    Quantizer,
+    installed_version,
+    package_availability,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +37,7 @@ CALIB_IMAGES = 128  # ModelOpt calibrates on every image it is given, in one ONN
 
 def modelopt_version() -> str:
     """The installed nvidia-modelopt's version ('' when it is not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("nvidia-modelopt")
-    except PackageNotFoundError:
-        return ""
+    return installed_version("nvidia-modelopt")
 
 
 def float_weighted(model: Any) -> List[str]:
@@ -61,15 +62,10 @@ class ModelOptQuantizer(Quantizer):
 
     def availability(self) -> Tuple[bool, str]:
         """Usable when nvidia-modelopt (with its [onnx] dependencies) is installed; checked without importing."""
-        if importlib.util.find_spec("modelopt") is None:
-            return False, "nvidia-modelopt is not installed"
-        if importlib.util.find_spec("onnx_graphsurgeon") is None:
+        ok, reason = package_availability("modelopt", "nvidia-modelopt", MIN_MODELOPT)
+        if ok and importlib.util.find_spec("onnx_graphsurgeon") is None:
             return False, "nvidia-modelopt is installed without its [onnx] dependencies (onnx_graphsurgeon)"
-        found = modelopt_version()
-        numbers = tuple(int(part) for part in found.split(".")[:2] if part.isdigit())
-        if numbers < MIN_MODELOPT:
-            return False, f"nvidia-modelopt {found} is older than {'.'.join(map(str, MIN_MODELOPT))}"
-        return True, f"nvidia-modelopt {found}"
+        return ok, reason
 
     def settings(self) -> Dict[str, Any]:
         """The options passed to ModelOpt (for the manifest)."""

@@ -12,7 +12,6 @@ kept in float for the same target.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import time
@@ -20,7 +19,13 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from edgexfer.quant.candidates import CandidateModel, QuantizeRequest, Quantizer
+from edgexfer.quant.candidates import (
+    CandidateModel,
+    QuantizeRequest,
+    Quantizer,
+    installed_version,
+    package_availability,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +35,7 @@ SUBSET_SIZE = 300  # NNCF's own default number of calibration samples
 
 def nncf_version() -> str:
     """The installed nncf's version ('' when it is not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("nncf")
-    except PackageNotFoundError:
-        return ""
+    return installed_version("nncf")
 
 
 class NncfQuantizer(Quantizer):
@@ -54,13 +54,7 @@ class NncfQuantizer(Quantizer):
 
     def availability(self) -> Tuple[bool, str]:
         """Usable when nncf >= 2.14 is installed (checked without importing it: the import is slow)."""
-        if importlib.util.find_spec("nncf") is None:
-            return False, "nncf is not installed"
-        found = nncf_version()
-        numbers = tuple(int(part) for part in found.split(".")[:2] if part.isdigit())
-        if numbers < MIN_NNCF:
-            return False, f"nncf {found} is older than {'.'.join(map(str, MIN_NNCF))}"
-        return True, f"nncf {found}"
+        return package_availability("nncf", "nncf", MIN_NNCF)
 
     def settings(self) -> Dict[str, Any]:
         """The options passed to ``nncf.quantize`` (for the manifest)."""

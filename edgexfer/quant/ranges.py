@@ -1,7 +1,9 @@
-"""Activation ranges for INT8 calibration, every method from one inference pass.
+"""Activation ranges for INT8 calibration: every method from one pass over the images (histograms: a second
+pass over a subset).
 
-min/max is tracked directly; ``entropy`` and ``percentile`` feed ONNX Runtime's own
-``HistogramCollector`` from the same activations, so the ranges equal what ``quantize_static`` computes
+min/max is tracked directly over every calibration image; ``entropy`` and ``percentile`` come from
+histograms of a seeded subset of at most :data:`HISTOGRAM_IMAGES` images, laid out as ONNX Runtime's own
+``HistogramCollector`` lays them out, so on that subset the ranges equal what ``quantize_static`` computes
 (checked in the tests). The entropy (KL) search is ORT's algorithm, vectorised, at TensorRT's 2048 bins.
 """
 
@@ -17,6 +19,10 @@ import numpy as np
 from edgexfer.errors import ConfigError
 
 METHODS = ("minmax", "entropy", "percentile")
+# entropy and percentile ranges come from histograms of at most this many calibration images (a seeded
+# subset; min/max sees every image): issue 13 measured their ranges barely move against all 512 images
+# (benchmarks/results/export_time_resnet18.md) for a quarter of the cost. Part of the cache key.
+HISTOGRAM_IMAGES = 128
 METHOD_CHOICES = METHODS + ("auto",)
 # ONNX Runtime's own defaults for its histogram calibrators (create_calibrator), kept explicit because
 # they are part of the cache key.
@@ -24,8 +30,8 @@ COLLECTOR_OPTIONS: Dict[str, Dict[str, Any]] = {
     "minmax": {},
     # 2048 bins as TensorRT's entropy calibrator: with ORT's default of 128 bins and 128 quantized bins
     # the KL search has a single candidate and "entropy" silently equals the min/max range
-    "entropy": {"symmetric": False, "num_bins": 2048, "num_quantized_bins": 128},
-    "percentile": {"symmetric": True, "num_bins": 2048, "percentile": 99.999},
+    "entropy": {"symmetric": False, "num_bins": 2048, "num_quantized_bins": 128, "images": HISTOGRAM_IMAGES},
+    "percentile": {"symmetric": True, "num_bins": 2048, "percentile": 99.999, "images": HISTOGRAM_IMAGES},
 }
 Ranges = Dict[str, Tuple[float, float]]
 
@@ -60,14 +66,18 @@ def collect_ranges(
     methods: Sequence[str],
     batch_size: int = 16,
     progress: bool = False,
-    max_buffer_bytes: int = 1 << 30,
+    histogram_images: int = HISTOGRAM_IMAGES,
+    seed: int = 0,
 ) -> Dict[str, Ranges]:
-    """Ranges of every float tensor of the model for each method, from one inference pass.
+    """Ranges of every float tensor of the model for each method.
 
-    ``minmax`` is the observed min/max; ``entropy`` and ``percentile`` use ONNX Runtime's own
-    histogram collector with :data:`COLLECTOR_OPTIONS`, so results equal what ``quantize_static``
-    would compute. Activations are buffered up to ``max_buffer_bytes`` before they are added to the
-    histograms (all at once, as ORT does, when they fit).
+    ``minmax`` is the observed min/max over every input. ``entropy`` and ``percentile`` come from
+    histograms of a seeded subset of at most ``histogram_images`` inputs (:func:`histogram_subset`),
+    built the way ONNX Runtime's ``HistogramCollector`` builds them when it is fed that subset at once
+    (:data:`COLLECTOR_OPTIONS`; equal ranges, checked in the tests), and searched with its algorithms.
+    A first pass over every input gives the min/max (and the subset's own extremes, which fix the
+    histograms' edges); a second pass over the subset fills the histograms batch by batch (no re-binning,
+    no buffered activations).
     """
     from tqdm import tqdm
 
@@ -79,43 +89,115 @@ def collect_ranges(
     session, tensors = _augmented_session(model_path)
     input_name = session.get_inputs()[0].name
     output_names = [o.name for o in session.get_outputs()]
-    lows: Dict[str, float] = {}
-    highs: Dict[str, float] = {}
-    collectors = {m: _histogram_collector(m) for m in methods if m != "minmax"}
-    buffered: Dict[str, List[np.ndarray]] = {name: [] for name in tensors}
-    size = 0
+    histogram_methods = [m for m in methods if m != "minmax"]
+    subset = histogram_subset(len(inputs), histogram_images, seed) if histogram_methods else np.arange(0)
+    in_subset = np.zeros(len(inputs), dtype=bool)
+    in_subset[subset] = True
 
-    def flush() -> None:
-        # ORT's histogram collectors re-bin when a later chunk widens the range; feeding everything at
-        # once (as quantize_static does) gives exactly its ranges, so chunks are only used for memory
-        merged = {name: np.concatenate(values) for name, values in buffered.items() if values}
-        with contextlib.redirect_stdout(io.StringIO()):  # ORT's collectors print progress to stdout
-            for collector in collectors.values():
-                collector.collect(merged)
-        for values in buffered.values():
-            values.clear()
+    def run(batch: np.ndarray) -> Dict[str, np.ndarray]:
+        return dict(zip(output_names, session.run(None, {input_name: batch})))
 
+    overall, sub = _Extremes(), _Extremes(absolute=True)
     starts = range(0, len(inputs), batch_size)
     for start in tqdm(starts, desc="calibrating", disable=not progress, leave=False):
-        outputs = dict(zip(output_names, session.run(None, {input_name: inputs[start : start + batch_size]})))
+        outputs = run(inputs[start : start + batch_size])
+        rows = np.flatnonzero(in_subset[start : start + batch_size])
         for name in tensors:
-            value = outputs[name]
-            lows[name] = min(lows.get(name, np.inf), float(np.min(value)))
-            highs[name] = max(highs.get(name, -np.inf), float(np.max(value)))
-            if collectors:
-                buffered[name].append(value)
-                size += value.nbytes
-        if collectors and size > max_buffer_bytes:
-            flush()
-            size = 0
-    if collectors and size:
-        flush()
+            overall.add(name, outputs[name])
+            if rows.size:
+                sub.add(name, outputs[name] if rows.size == len(outputs[name]) else outputs[name][rows])
     result: Dict[str, Ranges] = {}
     if "minmax" in methods:
-        result["minmax"] = {name: (lows[name], highs[name]) for name in tensors}
-    for method, collector in collectors.items():
-        result[method] = _histogram_ranges(method, collector)
+        result["minmax"] = {name: (float(overall.low[name]), float(overall.high[name])) for name in tensors}
+    if not histogram_methods:
+        return result
+    histograms = {m: _Histograms(m, sub) for m in histogram_methods}
+    for start in tqdm(range(0, len(subset), batch_size), desc="histograms", disable=not progress, leave=False):
+        outputs = run(inputs[subset[start : start + batch_size]])
+        for name in tensors:
+            for histogram in histograms.values():
+                histogram.add(name, outputs[name])
+    for method, histogram in histograms.items():
+        result[method] = _histogram_ranges(method, histogram.collector())
     return result
+
+
+def histogram_subset(count: int, wanted: int, seed: int = 0) -> np.ndarray:
+    """The (sorted) indices of the inputs the histograms see: all ``count`` when ``wanted`` is larger, else a
+    seeded random choice of ``wanted`` (calibration sets are often ordered by class)."""
+    if wanted < 1:
+        raise ConfigError(f"histogram images must be >= 1, got {wanted}")
+    if count <= wanted:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=wanted, replace=False))
+
+
+class _Extremes:
+    """Running min/max per tensor (and min/max of absolute values when ``absolute``), kept as float32
+    numpy scalars as ONNX Runtime's collectors keep them."""
+
+    def __init__(self, absolute: bool = False) -> None:
+        self.low: Dict[str, Any] = {}
+        self.high: Dict[str, Any] = {}
+        self.abs_low: Dict[str, Any] = {}
+        self.absolute = absolute
+
+    def add(self, name: str, value: np.ndarray) -> None:
+        """Widen ``name``'s extremes by ``value``."""
+        low, high = np.nanmin(value), np.nanmax(value)
+        self.low[name] = low if name not in self.low else min(self.low[name], low)
+        self.high[name] = high if name not in self.high else max(self.high[name], high)
+        if self.absolute:
+            # the smallest |x|: 0 when the signs differ, else the extreme nearest to zero
+            abs_low = np.nanmin(np.abs(value)) if low < 0 < high else min(abs(low), abs(high))
+            self.abs_low[name] = abs_low if name not in self.abs_low else min(self.abs_low[name], abs_low)
+
+    def abs_high(self, name: str) -> Any:
+        """The largest |x| seen."""
+        return max(abs(self.low[name]), abs(self.high[name]))
+
+
+class _Histograms:
+    """One method's histograms, with the edges ONNX Runtime's ``HistogramCollector`` gives the subset fed at
+    once: ``entropy`` (its ``collect_value``) bins the values over [-T, T], T the largest |x|; symmetric
+    ``percentile`` (its ``collect_absolute_value``) bins |x| over [min |x|, max |x|] (numpy's default range).
+    Counts are added batch by batch with those fixed edges, which gives the counts of one call on the whole
+    subset (numpy bins every value on its own)."""
+
+    def __init__(self, method: str, extremes: _Extremes) -> None:
+        self.method, self.extremes = method, extremes
+        self.options = COLLECTOR_OPTIONS[method]
+        self.counts: Dict[str, np.ndarray] = {}
+        self.edges: Dict[str, np.ndarray] = {}
+
+    def _range(self, name: str, dtype: Any) -> Tuple[Any, Any]:
+        x = self.extremes
+        if self.method == "percentile" and self.options["symmetric"]:
+            return dtype.type(x.abs_low[name]), dtype.type(x.abs_high(name))
+        threshold = dtype.type(x.abs_high(name))
+        return -threshold, threshold
+
+    def add(self, name: str, value: np.ndarray) -> None:
+        """Count ``value`` (one batch of tensor ``name``) into its histogram."""
+        flat = value.reshape(-1)
+        if self.method == "percentile" and self.options["symmetric"]:
+            flat = np.abs(flat)
+        counts, edges = np.histogram(flat, self.options["num_bins"], range=self._range(name, flat.dtype))
+        if name in self.counts:
+            self.counts[name] += counts
+        else:
+            self.counts[name], self.edges[name] = counts, edges.astype(flat.dtype)
+
+    def collector(self) -> Any:
+        """ONNX Runtime's ``HistogramCollector`` holding these histograms, in its own tuple layout."""
+        collector = _histogram_collector(self.method)
+        x = self.extremes
+        for name, counts in self.counts.items():
+            entry = (counts, self.edges[name], x.low[name], x.high[name])
+            if self.method == "entropy" or not self.options["symmetric"]:
+                entry += (-self._range(name, self.edges[name].dtype)[0],)
+            collector.histogram_dict[name] = entry
+        return collector
 
 
 def _histogram_collector(method: str) -> Any:

@@ -25,9 +25,9 @@ class RecipeQuantizer(Quantizer):
         from edgexfer.quant.guard import quantize_target
 
         recipe = recipe_for(target)
-        key = ("edgexfer", recipe.quantization_key())
+        key = ("edgexfer", recipe.quantization_key(), len(request.eval_labels))
         if key not in request.memo:
-            request.memo[key] = quantize_target(request.job, recipe, _own_judge(recipe, request))
+            request.memo[key] = quantize_target(_job_for(request), recipe, _own_judge(recipe, request))
         outcome = request.memo[key]
         details = dict(outcome.metrics, target=target, recipe=recipe.to_dict())
         if outcome.target != target:
@@ -36,7 +36,18 @@ class RecipeQuantizer(Quantizer):
         request.float_layers[target] = excluded
         path = request.work_dir / f"candidate_{target}_{self.name}.onnx"
         onnx.save(outcome.model, os.fspath(path))
-        return CandidateModel(self.name, target, outcome.model, path, excluded, details)
+        return CandidateModel(self.name, target, outcome.model, path, excluded, details, logits=outcome.logits)
+
+
+def _job_for(request: QuantizeRequest) -> Any:
+    """The request's job, judged on the request's held-out images (a stand-in judge takes a stride of them)."""
+    import dataclasses
+
+    job = request.job
+    if len(job.eval_labels) == len(request.eval_labels):
+        return job
+    return dataclasses.replace(job, eval_inputs=request.eval_inputs, eval_labels=request.eval_labels,
+                               float_logits=request.float_logits)
 
 
 def _own_judge(recipe: Any, request: QuantizeRequest) -> Any:

@@ -74,7 +74,7 @@ def score_candidates(
                 CandidateScore(
                     candidate.quantizer, runtime if judge is None else judge.scored_on, top1,
                     comparison.top1_agreement, comparison.snr_db,
-                    float_top1 - top1, int(len(eval_labels)),
+                    float_top1 - top1, int(len(eval_labels)), logits=logits,
                 )
             )
         if len(candidates) > 1:
@@ -105,7 +105,7 @@ def _scored_already(candidate: CandidateModel, judge: Any, images: int) -> Any:
     if not all(key in details for key in ("int8_top1", "agreement", "snr_db", "drop")):
         return None
     return CandidateScore(candidate.quantizer, judge.scored_on, details["int8_top1"], details["agreement"],
-                          details["snr_db"], details["drop"], images)
+                          details["snr_db"], details["drop"], images, logits=candidate.logits)
 
 
 def interleaved_p50_ms(runners: Sequence, batch: np.ndarray) -> List[float]:

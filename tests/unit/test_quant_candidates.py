@@ -176,3 +176,20 @@ def test_choose_when_agreement_and_top1_name_different_best():
     a, b = _score("a", 80.0, 0.95, 5.0), _score("b", 81.0, 0.93, 4.0)
     winner, why = choose([b, a])
     assert winner is a and why.startswith("most accurate")
+
+
+def test_package_availability_is_one_check_for_every_vendor_quantizer():
+    """The find_spec + version check nncf and modelopt both use (candidates.package_availability)."""
+    from edgexfer.quant.modelopt_quantizer import ModelOptQuantizer
+    from edgexfer.quant.nncf_quantizer import NncfQuantizer
+
+    assert candidates.package_availability("no_such_module_x", "no-such-dist", (1, 0)) == (
+        False, "no-such-dist is not installed")
+    assert candidates.package_availability("numpy", "numpy", (1, 0)) == (True, f"numpy {np.__version__}")
+    ok, reason = candidates.package_availability("numpy", "numpy", (999, 0))
+    assert not ok and reason == f"numpy {np.__version__} is older than 999.0"
+    assert candidates.installed_version("no-such-dist") == ""
+    if importlib.util.find_spec("nncf") is None:
+        assert NncfQuantizer().availability() == (False, "nncf is not installed")
+    if importlib.util.find_spec("modelopt") is None:
+        assert ModelOptQuantizer().availability() == (False, "nvidia-modelopt is not installed")

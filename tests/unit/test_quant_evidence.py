@@ -120,6 +120,45 @@ def test_node_times_come_from_the_profiler(tmp_path):
     assert all(ms >= 0 for ms in times.values()) and not list(tmp_path.glob("**/*.json"))
 
 
+def test_layer_table_reuses_known_logits_and_memoised_sqnr(tmp_path, monkeypatch):
+    """The kept model's own logits come from the caller when it has them (the competition scored it on the
+    same images), and a byte-identical model reuses the SQNR and profile of an earlier table (cpu/openvino)."""
+    float_model, qdq_model = _one_conv(False), _one_conv(True)
+    float_path = tmp_path / "float.onnx"
+    onnx.save(float_model, str(float_path))
+    inputs = (np.random.default_rng(0).integers(0, 100, (6, 1, 4, 4)) / 100.0).astype(np.float32)
+    float_logits = bias_correction._session(float_model).run(None, {"input": inputs})[0].reshape(6, -1)
+    int8_logits = bias_correction._session(qdq_model).run(None, {"input": inputs})[0].reshape(6, -1)
+    labels = np.zeros(6, dtype=int)
+    runs = []
+
+    def logits_of(model):
+        runs.append(model)
+        return bias_correction._session(model).run(None, {"input": inputs})[0].reshape(6, -1)
+
+    from edgexfer.quant import sensitivity
+
+    calls = {"sqnr": 0}
+    real_sqnr = sensitivity.layer_sqnr
+
+    def counted(*args, **kwargs):
+        calls["sqnr"] += 1
+        return real_sqnr(*args, **kwargs)
+
+    monkeypatch.setattr(sensitivity, "layer_sqnr", counted)  # layer_table imports it when called
+    memo = {}
+    first = evidence.layer_table(float_path, qdq_model, tmp_path, inputs, logits_of, float_logits, labels, top_k=1,
+                                 int8_logits=int8_logits, memo=memo)
+    assert len(runs) == 1 and calls["sqnr"] == 1  # only the float-layer variant ran, not the kept model itself
+    stamped = onnx.ModelProto()
+    stamped.CopyFrom(qdq_model)
+    onnx.helper.set_model_props(stamped, {"target": "openvino"})  # what export's _write_int8 adds to the kept model
+    second = evidence.layer_table(float_path, stamped, tmp_path, inputs, logits_of, float_logits, labels, top_k=1,
+                                  memo=memo)
+    assert len(runs) == 3 and calls["sqnr"] == 1  # no known logits: the kept model ran; the SQNR came from memo
+    assert first["layers"] == second["layers"] and first["int8_agreement"] == second["int8_agreement"]
+
+
 def test_pareto_points_mark_kept_and_dominated():
     from edgexfer.quant.candidates import CandidateScore
 

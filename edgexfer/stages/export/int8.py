@@ -134,12 +134,14 @@ def int8_models(
             # scored on the runtime that ships the target's model where it is here (TensorRT engines,
             # whose timing cache goes to the run's build folder for 'edgexfer build'), else ONNX Runtime
             with judge_for_target(target, config.run_dir / "build") as judge:
+                _judged_slice(request, judge, eval_slice.inputs, eval_slice.labels, float_logits)
                 if judge.stand_in:
                     log.warning(
-                        "INT8 %s: %s is not usable here (%s); its candidates are scored on %s, whose CPU "
-                        "kernels only approximate the engine: run export where %s runs to judge the engine",
+                        "INT8 %s: %s is not usable here (%s); its candidates are scored on %s (%d of %d held-out "
+                        "images), whose CPU kernels only approximate the engine: run export where %s runs to "
+                        "judge the engine",
                         target, judge.facts["stand_in_for"], judge.facts["stand_in_reason"], judge.scored_on,
-                        judge.facts["stand_in_for"],
+                        len(request.eval_labels), len(eval_slice.labels), judge.facts["stand_in_for"],
                     )
                 elif judge.scored_on != "onnxruntime":
                     log.info("INT8 %s: scoring candidates on %s", target, judge.scored_on)
@@ -158,6 +160,17 @@ def int8_models(
                            evidence=dict(files, seconds=evidences[target]["seconds"]))
             written[f"onnx_int8_{target}"] = (_write_int8(config, meta, competition, metrics), metrics)
     return written
+
+
+def _judged_slice(request: QuantizeRequest, judge: Any, inputs: Any, labels: Any, float_logits: Any) -> None:
+    """Point ``request`` at the held-out images ``judge`` scores on (all of them, or a stand-in's stride)."""
+    picked = judge.judged(len(labels))
+    if picked is None:
+        request.eval_inputs, request.eval_labels, request.float_logits = inputs, labels, float_logits
+    else:
+        request.eval_inputs, request.eval_labels, request.float_logits = (
+            inputs[picked], labels[picked], float_logits[picked]
+        )
 
 
 def _write_int8(config: ExportConfig, meta: Any, competition: Competition, metrics: Dict[str, Any]) -> Path:
