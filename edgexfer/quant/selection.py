@@ -144,7 +144,7 @@ def compete(target: str, choice: str, request: QuantizeRequest) -> Competition:
     from edgexfer.quant.recipes import recipe_for
 
     recipe = recipe_for(target)
-    quantizers, missing = quantizers_for(target, choice)
+    quantizers, missing = quantizers_for(target, choice, request.asked)
     for name, why in missing.items():
         log.info("  %s: quantizer %s not competing (%s)", target, name, why)
     candidates = []
