@@ -202,5 +202,6 @@ def _scoring(judge: Any, runtime: str) -> Dict[str, Any]:
 
 def _summary(candidate: CandidateModel) -> Dict[str, Any]:
     """What the manifest keeps of a candidate besides its scores."""
-    keys = ("calib_method", "quantize_seconds", "settings", "same_model_as", "same_graph_as", "bias_correction")
+    keys = ("calib_method", "quantize_seconds", "settings", "same_model_as", "same_graph_as", "bias_correction",
+            "qat")
     return dict({k: candidate.details[k] for k in keys if k in candidate.details}, excluded_nodes=candidate.excluded)
