@@ -513,6 +513,8 @@ def _export_cases() -> List[Case]:
              mentions=("--evidence-layers", ">= 0", "got -1")),
         Case("export", "qat_epochs_negative", argv("export", run_copy, "--int8", "--qat-epochs", "-2"),
              mentions=("--qat-epochs", ">= 0", "got -2")),
+        Case("export", "qat_lr_zero", argv("export", run_copy, "--int8", "--qat-epochs", "1", "--qat-lr", "0"),
+             mentions=("--qat-lr", "> 0", "got 0")),
         Case("export", "qat_epochs_without_int8", argv("export", run_copy, "--qat-epochs", "1"),
              mentions=("--qat-epochs", "add --int8")),
         Case("export", "qat_quantizer_without_epochs",

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -39,7 +39,6 @@ class QatSettings:
     batch_size: int = 32
     seed: int = 0
     max_images: int = 0
-    threads: Optional[int] = None
 
 
 def training_arrays(samples: Any, preprocess: Any, max_images: int = 0, seed: int = 0,
@@ -67,9 +66,6 @@ def train_qat(float_model: Any, plan: Any, pixels: np.ndarray, labels: np.ndarra
     from edgexfer.quant.qat_graph import build_module
 
     torch.manual_seed(settings.seed)
-    previous_threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
     student = build_module(float_model, plan).train()
     teacher = build_module(float_model, None).eval()
     optimizer = torch.optim.SGD(student.parameters(), lr=settings.lr, momentum=0.9)
@@ -107,7 +103,6 @@ def train_qat(float_model: Any, plan: Any, pixels: np.ndarray, labels: np.ndarra
             log.info("QAT epoch %d/%d: loss %.4f", len(losses), settings.epochs, losses[-1])
     finally:
         bar.close()
-        torch.set_num_threads(previous_threads)
     record = {
         "epochs": settings.epochs, "lr": settings.lr, "batch_size": settings.batch_size, "images": int(len(labels)),
         "steps": step, "epoch_losses": losses, "distill_weight": DISTILL_WEIGHT, "optimizer": "SGD 0.9, cosine",
