@@ -511,6 +511,22 @@ def _export_cases() -> List[Case]:
              mentions=("--frame", "nhwc")),
         Case("export", "evidence_layers_negative", argv("export", run_copy, "--int8", "--evidence-layers", "-1"),
              mentions=("--evidence-layers", ">= 0", "got -1")),
+        Case("export", "qat_epochs_negative", argv("export", run_copy, "--int8", "--qat-epochs", "-2"),
+             mentions=("--qat-epochs", ">= 0", "got -2")),
+        Case("export", "qat_lr_zero", argv("export", run_copy, "--int8", "--qat-epochs", "1", "--qat-lr", "0"),
+             mentions=("--qat-lr", "> 0", "got 0")),
+        Case("export", "qat_epochs_without_int8", argv("export", run_copy, "--qat-epochs", "1"),
+             mentions=("--qat-epochs", "add --int8")),
+        Case("export", "qat_quantizer_without_epochs",
+             argv("export", run_copy, "--int8", "--quantizer", "edgexfer-qat"),
+             mentions=("--quantizer edgexfer-qat", "--qat-epochs")),
+        Case("export", "qat_next_to_another_named_quantizer",
+             argv("export", run_copy, "--int8", "--quantizer", "edgexfer", "--qat-epochs", "1"),
+             mentions=("--qat-epochs", "--quantizer auto", "--quantizer edgexfer alone")),
+        # the base run holds random weights and no training split (tests/conftest.make_run_dir)
+        Case("export", "qat_on_a_run_without_training_data",
+             argv("export", run_copy, *int8_cpu, "--qat-epochs", "1", "--calib", imgs(), "--eval-data", imgs()),
+             mentions=("--qat-epochs", "training split", "edgexfer finetune")),
     ]
 
 

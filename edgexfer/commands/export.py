@@ -126,6 +126,21 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> ExportConfig:
     "alone in float is measured (0: SQNR and latency share only).",
 )
 @click.option(
+    "--qat-epochs",
+    default=_DEFAULTS["qat_epochs"],
+    show_default=True,
+    type=int,
+    help="Also train an edgexfer-qat candidate: N epochs of quantization-aware training on the run's training "
+    "split under the target recipe's fake quantization; kept only when it beats the other candidates (0: off).",
+)
+@click.option(
+    "--qat-lr",
+    default=_DEFAULTS["qat_lr"],
+    show_default=True,
+    type=float,
+    help="Learning rate of --qat-epochs (SGD with momentum, cosine decay to zero).",
+)
+@click.option(
     "--eval-data",
     type=click.Path(path_type=Path),
     default=None,

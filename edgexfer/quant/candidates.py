@@ -32,6 +32,8 @@ QUANTIZERS: Dict[str, str] = {
     "edgexfer-bc": "edgexfer.quant.recipe_quantizer:BiasCorrectedRecipeQuantizer",
     "nncf": "edgexfer.quant.nncf_quantizer:NncfQuantizer",
     "modelopt": "edgexfer.quant.modelopt_quantizer:ModelOptQuantizer",
+    # competes only when asked (export --qat-epochs N): it trains
+    "edgexfer-qat": "edgexfer.quant.qat_quantizer:QatQuantizer",
 }
 AUTO = "auto"
 QUANTIZER_CHOICES: Tuple[str, ...] = (AUTO,) + tuple(QUANTIZERS)
@@ -61,6 +63,9 @@ class QuantizeRequest:
     # the current target's judge (edgexfer.backends.int8_judge.Int8Judge): where targets scored on ONNX
     # Runtime (cpu, tensorrt) run their candidates, a TensorRT engine when TensorRT is here; None: ONNX Runtime
     judge: Any = None
+    # quantizers that compete only when asked (``Quantizer.on_request``), here asked for, and QAT's job
+    asked: Tuple[str, ...] = ()
+    qat: Any = None  # edgexfer.quant.qat_quantizer.QatJob
 
     @functools.cached_property
     def job(self) -> Any:
@@ -117,6 +122,7 @@ class Quantizer(abc.ABC):
     name: str = "quantizer"
     targets: Tuple[str, ...] = ()  # the export targets (``--target``) it serves
     extra: str = ""  # the pip extra that installs it ("" when edgexfer's own dependencies suffice)
+    on_request: bool = False  # True: competes under ``auto`` only when the export asks for it (QAT)
 
     def availability(self) -> Tuple[bool, str]:
         """(usable here, why not). Must not raise."""
@@ -182,14 +188,16 @@ def check_choice(choice: str, targets: Sequence[str]) -> None:
         )
 
 
-def quantizers_for(target: str, choice: str) -> Tuple[List[Quantizer], Dict[str, str]]:
+def quantizers_for(target: str, choice: str, asked: Sequence[str] = ()) -> Tuple[List[Quantizer], Dict[str, str]]:
     """(the quantizers that compete for ``target`` under ``--quantizer choice``, {name: why not} for the
-    ones ``auto`` left out because they are not installed)."""
+    ones ``auto`` left out because they are not installed); on-request ones only when in ``asked``."""
     if choice != AUTO:
         return [get_quantizer(choice)], {}
     chosen, missing = [], {}
     for name in serving(target):
         quantizer = get_quantizer(name)
+        if quantizer.on_request and name not in asked:
+            continue
         ok, reason = quantizer.availability()
         if ok:
             chosen.append(quantizer)

@@ -144,7 +144,7 @@ def compete(target: str, choice: str, request: QuantizeRequest) -> Competition:
     from edgexfer.quant.recipes import recipe_for
 
     recipe = recipe_for(target)
-    quantizers, missing = quantizers_for(target, choice)
+    quantizers, missing = quantizers_for(target, choice, request.asked)
     for name, why in missing.items():
         log.info("  %s: quantizer %s not competing (%s)", target, name, why)
     candidates = []
@@ -202,5 +202,6 @@ def _scoring(judge: Any, runtime: str) -> Dict[str, Any]:
 
 def _summary(candidate: CandidateModel) -> Dict[str, Any]:
     """What the manifest keeps of a candidate besides its scores."""
-    keys = ("calib_method", "quantize_seconds", "settings", "same_model_as", "same_graph_as", "bias_correction")
+    keys = ("calib_method", "quantize_seconds", "settings", "same_model_as", "same_graph_as", "bias_correction",
+            "qat")
     return dict({k: candidate.details[k] for k in keys if k in candidate.details}, excluded_nodes=candidate.excluded)

@@ -31,13 +31,15 @@ VALUES: Dict[str, Dict[str, Any]] = {
 def _base(stage: str, key: str) -> Dict[str, Any]:
     """What the rest of the step needs for the option to be valid: a build option needs a backend that
     declares it (TensorRT's for --max-batch), as the backends declare them; a deploy needs a device; verify's
-    --gate-on ci needs the --max-drop it applies to; export's --frame needs --uint8-input."""
+    --gate-on ci needs the --max-drop it applies to; export's --frame needs --uint8-input, --qat-epochs --int8."""
     if stage == "deploy":
         return {"to": ["device"], **({"setup": True} if key == "wheelhouse" else {})}
     if stage == "verify" and key == "gate_on":
         return {"max_drop": 1.0}
     if stage == "export" and key == "frame":
         return {"uint8_input": True}  # a raw-frame model is a uint8-input model
+    if stage == "export" and key == "qat_epochs":
+        return {"int8": True}  # QAT trains an INT8 candidate
     if stage != "build":
         return {}
     from edgexfer.backends.base import all_build_options

@@ -54,11 +54,12 @@ def run_export(config: ExportConfig) -> ExportResult:
         from edgexfer.quant.calibration import run_calibration_set
         from edgexfer.quant.candidates import check_choice
         from edgexfer.quant.ort_quantize import check_quantizer
-        from edgexfer.stages.export.int8 import int8_targets
+        from edgexfer.stages.export.int8 import int8_targets, qat_job_for
 
         check_quantizer()
         check_choice(config.quantizer, config.targets)
         int8_targets(config)
+        qat_job_for(config, meta)  # a QAT request on a run without a training split fails here
         begin = time.perf_counter()
         calib = run_calibration_set(
             config.run_dir, config.calib, meta.preprocess, config.calib_size, config.seed, config.progress

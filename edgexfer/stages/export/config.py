@@ -15,6 +15,7 @@ from edgexfer.quant.ranges import METHOD_CHOICES, METHODS
 from edgexfer.quant.recipes import RECIPES, recipe_for
 
 STAGE = "export"
+QAT_QUANTIZER = "edgexfer-qat"
 DEFAULT_OPSET = TRT8_MAX_OPSET  # the newest opset every supported TensorRT parses
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis) need 13
 MAX_OPSET = 20
@@ -41,6 +42,8 @@ class ExportConfig:
     max_drop: Optional[float] = None
     max_fallback: int = 16
     evidence_layers: int = 4
+    qat_epochs: int = 0
+    qat_lr: float = 1e-3
     eval_data: Optional[Path] = None
     eval_size: int = 1000
     auto_eval_size: int = 300
@@ -96,11 +99,28 @@ class ExportConfig:
             raise ConfigError(f"--max-drop must be >= 0 top-1 points, got {self.max_drop}")
         if self.evidence_layers < 0:
             raise ConfigError(f"--evidence-layers must be >= 0 layers, got {self.evidence_layers}")
+        self._check_qat()
         if self.max_fallback < 0:
             raise ConfigError(f"--max-fallback must be >= 0 layers, got {self.max_fallback}")
         for name in ("parity_atol", "parity_rtol"):
             if not getattr(self, name) >= 0:  # also NaN
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+
+    def _check_qat(self) -> None:
+        """--qat-epochs adds the edgexfer-qat candidate: it needs --int8 and a quantizer choice it can join."""
+        if self.qat_epochs < 0:
+            raise ConfigError(f"--qat-epochs must be >= 0 epochs (0: no QAT), got {self.qat_epochs}")
+        if not self.qat_lr > 0:  # also NaN
+            raise ConfigError(f"--qat-lr must be > 0, got {self.qat_lr}")
+        if self.quantizer == QAT_QUANTIZER and self.qat_epochs == 0:
+            raise ConfigError(f"--quantizer {QAT_QUANTIZER} trains: add --qat-epochs N (N >= 1)")
+        if self.qat_epochs and not self.int8:
+            raise ConfigError("--qat-epochs trains an INT8 candidate; add --int8")
+        if self.qat_epochs and self.quantizer not in ("auto", QAT_QUANTIZER):
+            raise ConfigError(
+                f"--qat-epochs adds the {QAT_QUANTIZER} candidate, which competes under --quantizer auto or alone "
+                f"with --quantizer {QAT_QUANTIZER}, not next to --quantizer {self.quantizer} alone"
+            )
 
     @property
     def targets(self) -> Tuple[str, ...]:

@@ -32,7 +32,7 @@ from edgexfer.quant.guard import QuantizeJob
 from edgexfer.quant.ort_quantize import prepare_for_quantization
 from edgexfer.quant.recipes import recipe_for
 from edgexfer.quant.selection import Competition, compete
-from edgexfer.stages.export.config import STAGE, ExportConfig
+from edgexfer.stages.export.config import QAT_QUANTIZER, STAGE, ExportConfig
 from edgexfer.stages.export.onnx_models import EvalSlice
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,18 @@ def int8_targets(config: ExportConfig) -> Tuple[List[str], Dict[str, str]]:
     for target, why in skipped.items():
         log.warning("INT8 target %s skipped: %s", target, why)
     return targets, skipped
+
+
+def qat_job_for(config: ExportConfig, meta: Any) -> Any:
+    """QAT's job (:mod:`edgexfer.quant.qat_quantizer`) when ``--qat-epochs`` asks for it, else None; a run
+    without a training split is refused here (ConfigError), before anything is written."""
+    if not config.qat_epochs:
+        return None
+    from edgexfer.quant.qat import QatSettings
+    from edgexfer.quant.qat_quantizer import qat_job
+
+    settings = QatSettings(epochs=config.qat_epochs, lr=config.qat_lr, seed=config.seed)
+    return qat_job(config.run_dir, meta.preprocess, settings, config.progress)
 
 
 def int8_models(
@@ -129,6 +141,8 @@ def int8_models(
             max_drop=config.max_drop,
             batch_size=config.batch_size,
             make_job=make_job,
+            asked=(QAT_QUANTIZER,) if config.qat_epochs else (),
+            qat=qat_job_for(config, meta),
         )
         for target in targets:
             # scored on the runtime that ships the target's model where it is here (TensorRT engines,
