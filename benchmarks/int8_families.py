@@ -166,10 +166,11 @@ def family(args: argparse.Namespace, model: str, test: Path) -> Dict[str, Any]:
     from edgexfer.stages.export.onnx_models import load_eval_slice
 
     trained = args.runs / f"{model}-e{args.epochs}"
-    run = args.work / model
+    run = args.work / (model if not args.qat_epochs else f"{model}-qat{args.qat_epochs}")
     val_top1 = prepare_run(trained, run, 1024, args.seed)
     cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    run_export(ExportConfig(run_dir=run, int8=True, target="all", quantizer="auto", progress=False))
+    run_export(ExportConfig(run_dir=run, int8=True, target=args.target, quantizer="auto",
+                            qat_epochs=args.qat_epochs, progress=False))
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     export = {"wall_s": time.perf_counter() - wall0,
               "cpu_s": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)}
@@ -187,6 +188,8 @@ def family(args: argparse.Namespace, model: str, test: Path) -> Dict[str, Any]:
         correct = {"float ort": scorer.correct(float_path, "onnxruntime"),
                    "float ov": scorer.correct(float_path, "openvino")}
         for target, runtime in (("cpu", "onnxruntime"), ("tensorrt", "onnxruntime"), ("openvino", "openvino")):
+            if not manifest.has(f"onnx_int8_{target}"):
+                continue
             artifact = manifest.get(f"onnx_int8_{target}")
             correct[f"edgexfer {target}"] = scorer.correct(manifest.path_of(f"onnx_int8_{target}"), runtime)
             models[target] = {"kept": artifact.metrics.get("quantizer"),
@@ -212,11 +215,12 @@ def family(args: argparse.Namespace, model: str, test: Path) -> Dict[str, Any]:
     ref = {"ort": correct["float ort"], "ov": correct["float ov"]}
     drop = {k: 100 * (ref["ov" if k in ("edgexfer openvino", "nncf defaults") else "ort"].mean() - v.mean())
             for k, v in correct.items() if not k.startswith("float")}
-    versus = {"cpu vs ort defaults": paired(correct["edgexfer cpu"], correct["ort defaults"]),
-              "cpu vs ort u8s8 pc": paired(correct["edgexfer cpu"], correct["ort u8s8 pc"])}
-    if "nncf defaults" in correct:
-        versus["openvino vs nncf defaults"] = paired(correct["edgexfer openvino"], correct["nncf defaults"])
-    return {"model": model, "epochs": args.epochs, "val_top1_precise_bn": val_top1, "test_images": len(held.labels),
+    versus = {"cpu vs ort defaults": ("edgexfer cpu", "ort defaults"),
+              "cpu vs ort u8s8 pc": ("edgexfer cpu", "ort u8s8 pc"),
+              "openvino vs nncf defaults": ("edgexfer openvino", "nncf defaults")}
+    versus = {k: paired(correct[a], correct[b]) for k, (a, b) in versus.items() if a in correct and b in correct}
+    name = model if not args.qat_epochs else f"{model} (QAT {args.qat_epochs} ep)"
+    return {"model": name, "epochs": args.epochs, "val_top1_precise_bn": val_top1, "test_images": len(held.labels),
             "top1": top1, "drop": drop, "versus": versus, "targets": models, "export": export,
             "nncf_version": nncf_version}
 
@@ -233,12 +237,16 @@ def markdown(rows: List[Dict[str, Any]], cpu: str) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d, t = r["drop"], r["targets"]
-        nncf = f"{d['nncf defaults']:.2f}" if "nncf defaults" in d else "-"
+
+        def cell(name: str, target: str = "", d: Dict[str, float] = d, t: Dict[str, Any] = t) -> str:
+            if name not in d:
+                return "-"
+            return f"{d[name]:.2f}" + (f" ({t[target]['kept']})" if target else "")
+
         lines.append(
-            f"| {r['model']} | {r['test_images']} | {r['top1']['float ort']:.2f} | {d['edgexfer cpu']:.2f} "
-            f"({t['cpu']['kept']}) | {d['ort defaults']:.2f} | {d['ort u8s8 pc']:.2f} | "
-            f"{d['edgexfer openvino']:.2f} ({t['openvino']['kept']}) | {nncf} | {d['edgexfer tensorrt']:.2f} "
-            f"({t['tensorrt']['kept']}) | {r['export']['cpu_s']:.0f} |")
+            f"| {r['model']} | {r['test_images']} | {r['top1']['float ort']:.2f} | {cell('edgexfer cpu', 'cpu')} | "
+            f"{cell('ort defaults')} | {cell('ort u8s8 pc')} | {cell('edgexfer openvino', 'openvino')} | "
+            f"{cell('nncf defaults')} | {cell('edgexfer tensorrt', 'tensorrt')} | {r['export']['cpu_s']:.0f} |")
     lines += ["", "Paired differences in top-1 (points, edgexfer minus baseline, same images; +: edgexfer better), "
               "with the standard error:", "", "| model | comparison | diff | SE |", "|---|---|---|---|"]
     for r in rows:
@@ -260,6 +268,9 @@ def main() -> None:
     parser.add_argument("--nncf-python", default=None, help="a Python with nncf installed (NNCF defaults row)")
     parser.add_argument("--work", type=Path, default=Path("runs/int8-families"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", default="all", help="export --target (all: cpu, tensorrt, openvino)")
+    parser.add_argument("--qat-epochs", type=int, default=0,
+                        help="export --qat-epochs: the edgexfer-qat candidate competes too (row 'model (QAT N ep)')")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -269,7 +280,7 @@ def main() -> None:
     rows = json.loads(saved.read_text())["rows"] if saved.is_file() else []
     for model in args.families:
         row = family(args, model, test)
-        rows = [r for r in rows if r["model"] != model] + [row]
+        rows = [r for r in rows if r["model"] != row["model"]] + [row]
         table = markdown(rows, cpu)
         print(table, flush=True)
         args.results.mkdir(parents=True, exist_ok=True)
