@@ -170,7 +170,7 @@ def family(args: argparse.Namespace, model: str, test: Path) -> Dict[str, Any]:
     val_top1 = prepare_run(trained, run, 1024, args.seed)
     cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     run_export(ExportConfig(run_dir=run, int8=True, target=args.target, quantizer="auto",
-                            qat_epochs=args.qat_epochs, progress=False))
+                            qat_epochs=args.qat_epochs, qat_images=args.qat_images, progress=False))
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     export = {"wall_s": time.perf_counter() - wall0,
               "cpu_s": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)}
@@ -271,6 +271,7 @@ def main() -> None:
     parser.add_argument("--target", default="all", help="export --target (all: cpu, tensorrt, openvino)")
     parser.add_argument("--qat-epochs", type=int, default=0,
                         help="export --qat-epochs: the edgexfer-qat candidate competes too (row 'model (QAT N ep)')")
+    parser.add_argument("--qat-images", type=int, default=0, help="export --qat-images (0: the whole training split)")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -141,6 +141,13 @@ def config_from_params(params: Dict[str, Any], progress: bool) -> ExportConfig:
     help="Learning rate of --qat-epochs (SGD with momentum, cosine decay to zero).",
 )
 @click.option(
+    "--qat-images",
+    default=_DEFAULTS["qat_images"],
+    show_default=True,
+    type=int,
+    help="Training images per QAT epoch, a seeded sample of the run's training split (0: all of them).",
+)
+@click.option(
     "--eval-data",
     type=click.Path(path_type=Path),
     default=None,

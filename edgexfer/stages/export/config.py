@@ -44,6 +44,7 @@ class ExportConfig:
     evidence_layers: int = 4
     qat_epochs: int = 0
     qat_lr: float = 1e-3
+    qat_images: int = 0
     eval_data: Optional[Path] = None
     eval_size: int = 1000
     auto_eval_size: int = 300
@@ -112,6 +113,8 @@ class ExportConfig:
             raise ConfigError(f"--qat-epochs must be >= 0 epochs (0: no QAT), got {self.qat_epochs}")
         if not self.qat_lr > 0:  # also NaN
             raise ConfigError(f"--qat-lr must be > 0, got {self.qat_lr}")
+        if self.qat_images < 0:
+            raise ConfigError(f"--qat-images must be >= 0 images (0: the whole training split), got {self.qat_images}")
         if self.quantizer == QAT_QUANTIZER and self.qat_epochs == 0:
             raise ConfigError(f"--quantizer {QAT_QUANTIZER} trains: add --qat-epochs N (N >= 1)")
         if self.qat_epochs and not self.int8:

@@ -69,7 +69,8 @@ def qat_job_for(config: ExportConfig, meta: Any) -> Any:
     from edgexfer.quant.qat import QatSettings
     from edgexfer.quant.qat_quantizer import qat_job
 
-    settings = QatSettings(epochs=config.qat_epochs, lr=config.qat_lr, seed=config.seed)
+    settings = QatSettings(epochs=config.qat_epochs, lr=config.qat_lr, seed=config.seed,
+                           max_images=config.qat_images)
     return qat_job(config.run_dir, meta.preprocess, settings, config.progress)
 
 
