@@ -66,6 +66,10 @@ def load_eval_slice(config: ExportConfig, meta: Any) -> EvalSlice:
         )
     samples = samples.for_preprocess(meta.preprocess)
     chosen = sample_indices(len(samples), config.eval_size, config.seed + 1)
+    # in a seeded random order, not listing order: folders list images class by class, and the INT8
+    # method comparison (--auto-eval-size), the evidence and the parity checks take the slice's first N
+    # images, which in listing order would be a few classes only
+    chosen = chosen[np.random.default_rng(config.seed + 1).permutation(len(chosen))]
     size = meta.preprocess.size
     inputs = np.empty((len(chosen), 3, size, size), np.float32)
     # uint8 pixels only for the parity images of the uint8 variant: a 224x224 slice is big enough in float
