@@ -34,7 +34,7 @@ def _edgexfer(*args: str) -> list:
 
 def _finetune_args(data: Path, out: Path, epochs: int = 3) -> list:
     return _edgexfer("finetune", "--model", "resnet18", "--weights", "none", "--data", str(data), "--size", "32",
-                     "--epochs", str(epochs), "--batch-size", "8", "--workers", "0", "--no-progress",
+                     "--epochs", str(epochs), "--patience", "0", "--batch-size", "8", "--workers", "0", "--no-progress",
                      "--out", str(out))
 
 
@@ -83,6 +83,10 @@ def _checkpoint_loads(path: Path) -> None:
     (signal.SIGKILL, "writing_first_checkpoint"),
 ])
 def test_finetune_interrupted_then_resumed(tmp_path, split_image_folder, sig, point):
+    # 8 short epochs: the signal must land while the run is still training. With 3, a poller starved by a
+    # loaded machine saw epoch 1's metrics.json only as the run was exiting after epoch 3: SIGINT then
+    # reached interpreter shutdown and the run exited 0 (seen once in a full CI-like run at load ~19)
+    epochs = 8
     out = tmp_path / "run"
     stage_dir = out / "finetune"
     last = stage_dir / "last.pt"
@@ -91,7 +95,7 @@ def test_finetune_interrupted_then_resumed(tmp_path, split_image_folder, sig, po
         condition = (stage_dir / "metrics.json").exists
     else:
         condition = lambda: bool(_partials(stage_dir, "best.pt"))  # noqa: E731
-    code = _kill_when(_finetune_args(split_image_folder, out), condition, sig)
+    code = _kill_when(_finetune_args(split_image_folder, out, epochs), condition, sig)
     if sig == signal.SIGINT:
         assert code == 130
         _consistent(out)  # Ctrl-C records the interrupted stage with its best checkpoint so far
@@ -105,10 +109,10 @@ def test_finetune_interrupted_then_resumed(tmp_path, split_image_folder, sig, po
     if last.exists():
         _checkpoint_loads(last)  # the last good checkpoint is intact, never half-written
     resume = ["--resume"] if last.exists() else []
-    done = subprocess.run(_finetune_args(split_image_folder, out) + resume, env=ENV, capture_output=True)
+    done = subprocess.run(_finetune_args(split_image_folder, out, epochs) + resume, env=ENV, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     manifest = _consistent(out)
-    assert manifest.stage("finetune")["metrics"]["epochs_run"] == 3
+    assert manifest.stage("finetune")["metrics"]["epochs_run"] == epochs
     _checkpoint_loads(manifest.path_of("checkpoint"))
 
 
